@@ -1,0 +1,1 @@
+//! CUDA backend (through `cust`). CPU-only builds never need CUDA.

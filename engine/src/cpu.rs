@@ -1,0 +1,103 @@
+//! Shared machinery of the CPU kernels: parallel grain, strided element access.
+
+use crate::layout::Layout;
+use crate::Float;
+use rayon::prelude::*;
+
+/// Elementwise work below this many elements runs on the calling thread: rayon's fork/join
+/// costs a few microseconds, which only pays off on large tensors.
+pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// The elements of `layout` over `data`, in row-major order (a copy only when strided).
+pub(crate) fn gather<T: Float>(data: &[T], layout: &Layout) -> Vec<T> {
+    match layout.contiguous_range() {
+        Some(r) => data[r].to_vec(),
+        None => {
+            let mut out = vec![T::zero(); layout.numel()];
+            let (n, s) = layout.inner();
+            fill_rows(&mut out, n, |row, dst| {
+                let base = layout.row_offset(row);
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = data[base + j * s];
+                }
+            });
+            out
+        }
+    }
+}
+
+/// Splits `out` into rows of `row_len` and calls `f(row_index, row)` on each, in parallel
+/// when the total is large. Each row is written by exactly one call, so results do not
+/// depend on scheduling.
+pub(crate) fn fill_rows<T: Float>(
+    out: &mut [T],
+    row_len: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if out.is_empty() || row_len == 0 {
+        return;
+    }
+    if out.len() < PAR_MIN_ELEMS || rayon::current_num_threads() == 1 {
+        out.chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
+    } else {
+        let rows_per_task = (PAR_MIN_ELEMS / 4 / row_len).max(1);
+        out.par_chunks_mut(rows_per_task * row_len)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (i, r) in chunk.chunks_mut(row_len).enumerate() {
+                    f(c * rows_per_task + i, r)
+                }
+            });
+    }
+}
+
+/// `out[i] = f(a[i], b[i])` over two layouts already broadcast to the output shape.
+pub(crate) fn zip_map<T: Float>(
+    a: &[T],
+    la: &Layout,
+    b: &[T],
+    lb: &Layout,
+    f: impl Fn(T, T) -> T + Sync,
+) -> Vec<T> {
+    let n = la.numel();
+    let mut out = vec![T::zero(); n];
+    if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
+        let (a, b) = (&a[ra], &b[rb]);
+        fill_rows(&mut out, 4096.min(n.max(1)), |row, dst| {
+            let o = row * 4096;
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = f(a[o + j], b[o + j]);
+            }
+        });
+        return out;
+    }
+    let (len, sa) = la.inner();
+    let (_, sb) = lb.inner();
+    fill_rows(&mut out, len, |row, dst| {
+        let (oa, ob) = (la.row_offset(row), lb.row_offset(row));
+        for (j, d) in dst.iter_mut().enumerate() {
+            *d = f(a[oa + j * sa], b[ob + j * sb]);
+        }
+    });
+    out
+}
+
+/// `out[i] = f(x[i])` over a contiguous slice.
+pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    fill_rows(&mut out, 4096.min(x.len().max(1)), |row, dst| {
+        let o = row * 4096;
+        for (j, d) in dst.iter_mut().enumerate() {
+            *d = f(x[o + j]);
+        }
+    });
+    out
+}
+
+/// Raw pointer that may cross threads; the caller guarantees disjoint writes.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}

@@ -1,0 +1,27 @@
+//! A tensor and reverse-mode autograd engine with σReparam as a first-class op.
+//!
+//! - [`Tensor`]: `f32`/`f64` n-dimensional arrays with strided views, on a [`Device`].
+//! - Autograd: [`Tensor::backward`], [`no_grad`], [`Tensor::detach`]; see [`autograd`] for the
+//!   rules (accumulation, freeing the graph, conventions at kinks and ties).
+//! - Kernels: multithreaded through rayon (set `RAYON_NUM_THREADS` to choose the thread
+//!   count); matrix products through matrixmultiply.
+//! - [`gradcheck`]: finite-difference verification of any differentiable function.
+pub mod autograd;
+mod cpu;
+mod device;
+mod dtype;
+mod error;
+pub mod gradcheck;
+mod layout;
+mod ops;
+mod storage;
+mod tensor;
+
+pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
+pub use device::Device;
+pub use dtype::{DType, Float};
+pub use error::{Error, Result};
+pub use gradcheck::{gradcheck, gradcheck_with, GradcheckOptions, GradcheckReport};
+pub use layout::{broadcast_shapes, Layout, Shape};
+pub use storage::{CpuStorage, Storage};
+pub use tensor::{Tensor, TensorId};

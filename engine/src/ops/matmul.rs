@@ -1,0 +1,136 @@
+//! Matrix multiplication: 2-D and batched with broadcast batch dims, on strided views
+//! without copies (matrixmultiply takes row and column strides).
+//!
+//! Parallelism is one level, through rayon: across the batch when it is large enough,
+//! otherwise across row blocks of one product; matrixmultiply itself runs single-threaded.
+
+use crate::cpu::SendPtr;
+use crate::dtype::with_dtype;
+use crate::layout::{broadcast_shapes, Layout};
+use crate::{Error, Float, Result, Tensor};
+use rayon::prelude::*;
+
+/// Products with fewer multiply-adds than this run on the calling thread.
+const PAR_MIN_FLOPS: usize = 1 << 18;
+
+impl Tensor {
+    /// Matrix product `self @ other` for `self` `[..., m, k]` and `other` `[..., k, n]`,
+    /// giving `[..., m, n]`; batch dims broadcast (NumPy rules). Transposed or otherwise
+    /// strided inputs are used in place.
+    ///
+    /// Errors with [`Error::ShapeMismatch`] when a rank is below 2, inner dims differ or
+    /// batch dims do not broadcast.
+    pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
+        self.check_same("matmul", other)?;
+        let mismatch = || Error::ShapeMismatch {
+            op: "matmul",
+            lhs: self.shape().to_vec(),
+            rhs: other.shape().to_vec(),
+        };
+        let (ra, rb) = (self.rank(), other.rank());
+        if ra < 2 || rb < 2 {
+            return Err(mismatch());
+        }
+        let (m, k) = (self.shape()[ra - 2], self.shape()[ra - 1]);
+        let (k2, n) = (other.shape()[rb - 2], other.shape()[rb - 1]);
+        if k != k2 {
+            return Err(mismatch());
+        }
+        let batch = broadcast_shapes("matmul", &self.shape()[..ra - 2], &other.shape()[..rb - 2])?;
+        let mut a_shape = batch.to_vec();
+        a_shape.extend([m, k]);
+        let mut b_shape = batch.to_vec();
+        b_shape.extend([k, n]);
+        let mut out_shape = batch.to_vec();
+        out_shape.extend([m, n]);
+        let la = self.layout().broadcast_to("matmul", &a_shape)?;
+        let lb = other.layout().broadcast_to("matmul", &b_shape)?;
+        let out = with_dtype!(self.dtype(), T => {
+            let v = self.with_cpu::<T, _>("matmul", |a, _| {
+                other.with_cpu::<T, _>("matmul", |b, _| gemm_batched(a, &la, b, &lb, m, k, n))
+            })??;
+            Tensor::from_vec(v, &out_shape)?
+        });
+        let (a, b) = (self.detach(), other.detach());
+        let (rga, rgb) = (self.requires_grad(), other.requires_grad());
+        Ok(out.record(&[self, other], "matmul", move |g| {
+            // dA = g·Bᵀ, dB = Aᵀ·g; the engine sums broadcast batch dims back.
+            Ok(vec![
+                if rga { Some(g.matmul(&b.t()?)?) } else { None },
+                if rgb { Some(a.t()?.matmul(g)?) } else { None },
+            ])
+        }))
+    }
+}
+
+/// `C[b] = A[b]·B[b]` for every batch index; `la`, `lb` are broadcast to the batch shape.
+fn gemm_batched<T: Float>(
+    a: &[T],
+    la: &Layout,
+    b: &[T],
+    lb: &Layout,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<T> {
+    let r = la.rank();
+    let n_batch: usize = la.shape()[..r - 2].iter().product();
+    let mut out = vec![T::zero(); n_batch * m * n];
+    if out.is_empty() || k == 0 {
+        return out;
+    }
+    let batch_of = |l: &Layout| {
+        Layout::new(
+            l.shape()[..r - 2].into(),
+            l.strides()[..r - 2].into(),
+            l.offset(),
+        )
+    };
+    let a_off: Vec<usize> = batch_of(la).offsets().collect();
+    let b_off: Vec<usize> = batch_of(lb).offsets().collect();
+    let (rsa, csa) = (la.strides()[r - 2] as isize, la.strides()[r - 1] as isize);
+    let (rsb, csb) = (lb.strides()[r - 2] as isize, lb.strides()[r - 1] as isize);
+    let threads = rayon::current_num_threads();
+    let flops = m * n * k;
+    let c = SendPtr(out.as_mut_ptr());
+    // One product of rows `r0..r1` of batch `i` into its slot of `out`.
+    let run = |i: usize, r0: usize, r1: usize| {
+        let c = c;
+        // SAFETY: offsets index inside `a`/`b` (layouts were validated against their
+        // storage when built); each (batch, row block) writes a disjoint part of `out`.
+        unsafe {
+            T::gemm(
+                r1 - r0,
+                k,
+                n,
+                T::one(),
+                a.as_ptr().add(a_off[i] + r0 * rsa as usize),
+                rsa,
+                csa,
+                b.as_ptr().add(b_off[i]),
+                rsb,
+                csb,
+                T::zero(),
+                c.0.add(i * m * n + r0 * n),
+                n as isize,
+                1,
+            )
+        }
+    };
+    if threads == 1 || flops * n_batch < PAR_MIN_FLOPS {
+        (0..n_batch).for_each(|i| run(i, 0, m));
+    } else if n_batch >= threads {
+        (0..n_batch).into_par_iter().for_each(|i| run(i, 0, m));
+    } else {
+        // Few large products: split rows so every thread gets a block (multiple of 8 rows).
+        let blocks = threads * 2;
+        let rows = m.div_ceil(blocks).next_multiple_of(8).max(8);
+        let tasks: Vec<(usize, usize)> = (0..n_batch)
+            .flat_map(|i| (0..m).step_by(rows).map(move |r0| (i, r0)))
+            .collect();
+        tasks
+            .into_par_iter()
+            .for_each(|(i, r0)| run(i, r0, (r0 + rows).min(m)));
+    }
+    out
+}

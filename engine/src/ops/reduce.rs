@@ -1,0 +1,214 @@
+//! Reductions over dimensions: sum, mean, max.
+//!
+//! Results never depend on the thread count: each output is reduced by one thread, and a
+//! long reduction is cut into fixed-size chunks whose partial results combine in order.
+
+use crate::dtype::with_dtype;
+use crate::layout::Layout;
+use crate::{Error, Float, Result, Tensor};
+use rayon::prelude::*;
+
+/// Chunk length of long reductions (fixed, so sums are reproducible across thread counts).
+const CHUNK: usize = 1 << 14;
+
+#[derive(Clone, Copy)]
+enum Reduce {
+    Sum,
+    Max,
+}
+
+impl Reduce {
+    fn init<T: Float>(self) -> T {
+        match self {
+            Reduce::Sum => T::zero(),
+            Reduce::Max => T::neg_infinity(),
+        }
+    }
+
+    fn combine<T: Float>(self, a: T, b: T) -> T {
+        match self {
+            Reduce::Sum => a + b,
+            // NaN propagates, as in PyTorch.
+            Reduce::Max => {
+                if b > a || b.is_nan() {
+                    b
+                } else {
+                    a
+                }
+            }
+        }
+    }
+
+    fn slice<T: Float>(self, x: &[T]) -> T {
+        if x.len() <= CHUNK {
+            return x.iter().fold(self.init(), |a, &b| self.combine(a, b));
+        }
+        let parts: Vec<T> = x.par_chunks(CHUNK).map(|c| self.slice(c)).collect();
+        parts
+            .into_iter()
+            .fold(self.init(), |a, b| self.combine(a, b))
+    }
+}
+
+impl Tensor {
+    /// Sorted, de-duplicated reduction dims, checked against the rank.
+    fn reduce_dims(&self, op: &'static str, dims: &[usize]) -> Result<Vec<usize>> {
+        let mut d = dims.to_vec();
+        for &x in &d {
+            self.check_dim(op, x)?;
+        }
+        d.sort_unstable();
+        d.dedup();
+        Ok(d)
+    }
+
+    fn reduce_forward(&self, op: &'static str, dims: &[usize], kind: Reduce) -> Result<Tensor> {
+        let shape = self.shape();
+        let keep_shape: Vec<usize> = (0..self.rank())
+            .map(|d| if dims.contains(&d) { 1 } else { shape[d] })
+            .collect();
+        with_dtype!(self.dtype(), T => {
+            let v = self.with_cpu::<T, _>(op, |data, l| reduce_kernel(data, l, dims, kind))?;
+            Tensor::from_vec(v, &keep_shape)
+        })
+    }
+
+    /// Sum over `dims` (all given dims; empty `dims` sums nothing). With `keepdim` the
+    /// reduced dims stay as size 1. A sum over zero elements is 0.
+    pub fn sum(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        let dims = self.reduce_dims("sum", dims)?;
+        let out = self.reduce_forward("sum", &dims, Reduce::Sum)?;
+        let in_shape = self.shape().to_vec();
+        let out = out.record(&[self], "sum", move |g| {
+            Ok(vec![Some(g.broadcast_as(&in_shape)?)])
+        });
+        drop_dims(out, &dims, keepdim)
+    }
+
+    /// Sum of all elements, a 0-dimensional tensor.
+    pub fn sum_all(&self) -> Result<Tensor> {
+        let dims: Vec<usize> = (0..self.rank()).collect();
+        self.sum(&dims, false)
+    }
+
+    /// Mean over `dims`. The mean over zero elements is NaN (0/0, as PyTorch).
+    pub fn mean(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        let dims = self.reduce_dims("mean", &dims)?;
+        let count: usize = dims.iter().map(|&d| self.shape()[d]).product();
+        self.sum(&dims, keepdim)?.mul_scalar(1.0 / count as f64)
+    }
+
+    /// Mean of all elements, a 0-dimensional tensor.
+    pub fn mean_all(&self) -> Result<Tensor> {
+        let dims: Vec<usize> = (0..self.rank()).collect();
+        self.mean(&dims, false)
+    }
+
+    /// Maximum over `dims`. The gradient is split evenly among tied maxima (PyTorch
+    /// `amax`), so it always sums to the upstream gradient. Errors on an empty reduction.
+    pub fn max(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        let dims = self.reduce_dims("max", dims)?;
+        if dims.iter().any(|&d| self.shape()[d] == 0) {
+            return Err(Error::invalid(
+                "max",
+                format!("reduction over an empty dim of shape {:?}", self.shape()),
+            ));
+        }
+        let out = self.reduce_forward("max", &dims, Reduce::Max)?;
+        let (x, y) = (self.detach(), out.detach());
+        let d2 = dims.clone();
+        let out = out.record(&[self], "max", move |g| {
+            let mask = x.eq(&y)?;
+            let count = mask.sum(&d2, true)?;
+            Ok(vec![Some(g.mul(&mask)?.div(&count)?)])
+        });
+        drop_dims(out, &dims, keepdim)
+    }
+}
+
+/// Remove the (size-1) reduced dims unless `keepdim`.
+fn drop_dims(t: Tensor, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+    if keepdim || dims.is_empty() {
+        return Ok(t);
+    }
+    let shape: Vec<usize> = t
+        .shape()
+        .iter()
+        .enumerate()
+        .filter(|(d, _)| !dims.contains(d))
+        .map(|(_, &s)| s)
+        .collect();
+    t.reshape(&shape)
+}
+
+/// Reduce `data` seen through `l` over the sorted `dims`; output in row-major order of the
+/// kept dims.
+fn reduce_kernel<T: Float>(data: &[T], l: &Layout, dims: &[usize], kind: Reduce) -> Vec<T> {
+    let rank = l.rank();
+    let (shape, strides) = (l.shape(), l.strides());
+    let kept: Vec<usize> = (0..rank).filter(|d| !dims.contains(d)).collect();
+    let n_out: usize = kept.iter().map(|&d| shape[d]).product();
+    let n_red: usize = dims.iter().map(|&d| shape[d]).product();
+    if n_out == 0 {
+        return Vec::new();
+    }
+    if n_red == 0 {
+        return vec![kind.init(); n_out];
+    }
+    if let Some(r) = l.contiguous_range() {
+        let x = &data[r];
+        let k = dims.len();
+        // Trailing dims reduced: each output is a contiguous run.
+        if dims.iter().enumerate().all(|(i, &d)| d == rank - k + i) {
+            return if n_out >= rayon::current_num_threads() * 2
+                && x.len() >= crate::cpu::PAR_MIN_ELEMS
+            {
+                x.par_chunks(n_red).map(|c| kind.slice(c)).collect()
+            } else {
+                x.chunks(n_red).map(|c| kind.slice(c)).collect()
+            };
+        }
+        // Leading dims reduced: accumulate whole rows, columns split across threads.
+        if dims.iter().enumerate().all(|(i, &d)| d == i) {
+            let mut out = vec![kind.init(); n_out];
+            let cols = (crate::cpu::PAR_MIN_ELEMS / n_red).clamp(64, n_out.max(64));
+            let body = |(ci, o): (usize, &mut [T])| {
+                let (c0, len) = (ci * cols, o.len());
+                for row in x.chunks(n_out) {
+                    for (a, &b) in o.iter_mut().zip(&row[c0..c0 + len]) {
+                        *a = kind.combine(*a, b);
+                    }
+                }
+            };
+            if x.len() >= crate::cpu::PAR_MIN_ELEMS {
+                out.par_chunks_mut(cols).enumerate().for_each(body);
+            } else {
+                out.chunks_mut(cols).enumerate().for_each(body);
+            }
+            return out;
+        }
+    }
+    // General strided case: one output at a time.
+    let kept_l = Layout::new(
+        kept.iter().map(|&d| shape[d]).collect(),
+        kept.iter().map(|&d| strides[d]).collect(),
+        l.offset(),
+    );
+    let red_l = Layout::new(
+        dims.iter().map(|&d| shape[d]).collect(),
+        dims.iter().map(|&d| strides[d]).collect(),
+        0,
+    );
+    let red_offsets: Vec<usize> = red_l.offsets().collect();
+    let bases: Vec<usize> = kept_l.offsets().collect();
+    let one = |&base: &usize| {
+        red_offsets
+            .iter()
+            .fold(kind.init(), |a, &o| kind.combine(a, data[base + o]))
+    };
+    if n_out * n_red >= crate::cpu::PAR_MIN_ELEMS {
+        bases.par_iter().map(one).collect()
+    } else {
+        bases.iter().map(one).collect()
+    }
+}

@@ -1,0 +1,124 @@
+//! Numerically stable softmax and log-softmax along one dimension, each with a fused
+//! single-kernel backward.
+
+use crate::cpu::fill_rows;
+use crate::dtype::with_dtype;
+use crate::{Float, Result, Tensor};
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Softmax,
+    LogSoftmax,
+}
+
+/// Row-wise forward over dense rows of length `n`: subtract the row max (detached), then
+/// `p = e^{x-m} / Σ e^{x-m}` or `log p = x - m - ln Σ e^{x-m}`.
+fn forward_rows<T: Float>(x: &[T], n: usize, kind: Kind) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    fill_rows(&mut out, n, |r, o| {
+        let row = &x[r * n..(r + 1) * n];
+        let m = row
+            .iter()
+            .fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
+        // A row of -inf (all masked) would give NaN via -inf - -inf; use 0 as shift.
+        let m = if m.is_finite() { m } else { T::zero() };
+        let mut s = T::zero();
+        for (oi, &xi) in o.iter_mut().zip(row) {
+            *oi = (xi - m).exp();
+            s += *oi;
+        }
+        match kind {
+            Kind::Softmax => {
+                let inv = T::one() / s;
+                o.iter_mut().for_each(|v| *v *= inv);
+            }
+            Kind::LogSoftmax => {
+                let ls = m + s.ln();
+                for (oi, &xi) in o.iter_mut().zip(row) {
+                    *oi = xi - ls;
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Row-wise backward given the forward output `y` and upstream `g`:
+/// softmax: `dx = y ⊙ (g − Σ g⊙y)`; log-softmax: `dx = g − e^{y} Σ g`.
+fn backward_rows<T: Float>(y: &[T], g: &[T], n: usize, kind: Kind) -> Vec<T> {
+    let mut out = vec![T::zero(); y.len()];
+    fill_rows(&mut out, n, |r, o| {
+        let (yr, gr) = (&y[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
+        match kind {
+            Kind::Softmax => {
+                let dot: T = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum();
+                for ((oi, &yi), &gi) in o.iter_mut().zip(yr).zip(gr) {
+                    *oi = yi * (gi - dot);
+                }
+            }
+            Kind::LogSoftmax => {
+                let sg: T = gr.iter().copied().sum();
+                for ((oi, &yi), &gi) in o.iter_mut().zip(yr).zip(gr) {
+                    *oi = gi - yi.exp() * sg;
+                }
+            }
+        }
+    });
+    out
+}
+
+impl Tensor {
+    /// Apply a row kernel along `dim`: move `dim` last, densify, run, move it back.
+    fn along_dim<T: Float>(
+        &self,
+        dim: usize,
+        op: &'static str,
+        f: impl Fn(&[T], usize) -> Vec<T>,
+    ) -> Result<Tensor> {
+        let last = self.rank() - 1;
+        let x = crate::no_grad(|| self.transpose(dim, last)?.contiguous())?;
+        let n = x.shape().get(last).copied().unwrap_or(1);
+        let v = x.with_cpu::<T, _>(op, |d, l| f(&d[l.contiguous_range().expect("dense")], n))?;
+        Tensor::from_vec(v, x.shape())?.transpose(dim, last)
+    }
+
+    fn softmax_kind(&self, dim: usize, kind: Kind, op: &'static str) -> Result<Tensor> {
+        self.check_dim(op, dim)?;
+        let out = crate::no_grad(
+            || with_dtype!(self.dtype(), T => self.along_dim::<T>(dim, op, |x, n| forward_rows(x, n, kind))),
+        )?;
+        let y = out.detach();
+        Ok(out.record(&[self], op, move |g| {
+            let gx = with_dtype!(g.dtype(), T => {
+                let last = y.rank() - 1;
+                let yt = y.transpose(dim, last)?.contiguous()?;
+                let gt = g.transpose(dim, last)?.contiguous()?;
+                let n = yt.shape()[last];
+                let v = yt.with_cpu::<T, _>(op, |yd, yl| {
+                    gt.with_cpu::<T, _>(op, |gd, gl| {
+                        backward_rows(
+                            &yd[yl.contiguous_range().expect("dense")],
+                            &gd[gl.contiguous_range().expect("dense")],
+                            n,
+                            kind,
+                        )
+                    })
+                })??;
+                Tensor::from_vec(v, yt.shape())?.transpose(dim, last)?
+            });
+            Ok(vec![Some(gx)])
+        }))
+    }
+
+    /// `softmax(x)_i = e^{x_i} / Σ_j e^{x_j}` along `dim`, computed with the row maximum
+    /// subtracted so large logits never overflow. A row that is entirely `-inf` gives NaN.
+    pub fn softmax(&self, dim: usize) -> Result<Tensor> {
+        self.softmax_kind(dim, Kind::Softmax, "softmax")
+    }
+
+    /// `log_softmax(x)_i = x_i − log Σ_j e^{x_j}` along `dim` (log-sum-exp with the max
+    /// subtracted; exact for logits of any magnitude).
+    pub fn log_softmax(&self, dim: usize) -> Result<Tensor> {
+        self.softmax_kind(dim, Kind::LogSoftmax, "log_softmax")
+    }
+}

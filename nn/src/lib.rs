@@ -1,0 +1,8 @@
+//! Neural-network building blocks on top of [`engine`]: modules with named parameters and
+//! `state_dict`, layers (including the σReparam linear), attention that reports its
+//! entropy, losses, optimizers and checkpoints.
+mod error;
+pub mod module;
+
+pub use error::{Error, Result};
+pub use module::{Module, ModuleExt, TensorRole};

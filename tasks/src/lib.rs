@@ -1,0 +1,1 @@
+//! Shared pieces of the task binaries (data loading, logging).
