@@ -19,6 +19,9 @@ pub enum Error {
     /// `load_state_dict` (strict) found entries the module does not have.
     #[error("state_dict: unexpected keys {0:?}")]
     UnexpectedKeys(Vec<String>),
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::CheckpointError),
     /// A configuration value is invalid.
     #[error("{0}")]
     Config(String),

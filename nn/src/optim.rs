@@ -1,0 +1,681 @@
+//! Optimizers (AdamW, SGD with momentum), clipping by global gradient norm, and the linear
+//! warmup + cosine learning-rate schedule.
+//!
+//! Formulas follow PyTorch's `torch.optim.AdamW`, `torch.optim.SGD` and
+//! `torch.nn.utils.clip_grad_norm_` (their documented update rules). Optimizer state is kept
+//! in `f64` whatever the parameter dtype and is updated sequentially, so a step never depends
+//! on thread scheduling and a state restored from [`Optimizer::state_dict`] continues
+//! bit-identically. Parameters are overwritten in place with [`Tensor::copy_`], which autograd
+//! does not record.
+
+use crate::{Error, Result};
+use engine::Tensor;
+use std::collections::BTreeMap;
+
+/// Parameters sharing hyper-parameters. The group's learning rate is the optimizer's
+/// learning rate times `lr_scale`, so a schedule that sets the optimizer's rate moves every
+/// group together.
+#[derive(Debug, Clone)]
+pub struct ParamGroup {
+    /// The tensors to update (leaves that require grad).
+    pub params: Vec<Tensor>,
+    /// Multiplier of the optimizer's learning rate for this group.
+    pub lr_scale: f64,
+    /// Decoupled weight decay (AdamW) or L2 penalty (SGD) of this group.
+    pub weight_decay: f64,
+}
+
+impl ParamGroup {
+    /// A group with `lr_scale` 1 and the given weight decay.
+    pub fn new(params: Vec<Tensor>, weight_decay: f64) -> Self {
+        ParamGroup {
+            params,
+            lr_scale: 1.0,
+            weight_decay,
+        }
+    }
+
+    /// The same group with its learning rate scaled by `lr_scale`.
+    pub fn with_lr_scale(mut self, lr_scale: f64) -> Self {
+        self.lr_scale = lr_scale;
+        self
+    }
+}
+
+/// A first-order optimizer over fixed parameter groups.
+pub trait Optimizer {
+    /// Update every parameter that has a gradient (parameters without one are skipped, as
+    /// in PyTorch). Errors when a gradient's shape or dtype differs from its parameter's.
+    fn step(&mut self) -> Result<()>;
+
+    /// Clear the gradient of every parameter.
+    fn zero_grad(&self);
+
+    /// The base learning rate (groups scale it by their `lr_scale`).
+    fn lr(&self) -> f64;
+
+    /// Set the base learning rate (called by schedules before each step).
+    fn set_lr(&mut self, lr: f64);
+
+    /// The optimizer's state (moment buffers and step counts) as named `f64` tensors, keyed
+    /// by the parameter's position across groups (`"3.exp_avg"`), for checkpoints.
+    fn state_dict(&self) -> Result<BTreeMap<String, Tensor>>;
+
+    /// Restore state saved by [`Optimizer::state_dict`] of an optimizer built over the same
+    /// parameters. Errors (changing nothing) on a missing, extra or mis-shaped entry.
+    fn load_state_dict(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()>;
+}
+
+/// Per-parameter buffers, stored flat in `f64`.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    step: u64,
+    /// AdamW: first moment; SGD: momentum buffer.
+    a: Vec<f64>,
+    /// AdamW: second moment; SGD: unused.
+    b: Vec<f64>,
+}
+
+/// The parameter, its gradient as `f64`, and its values as `f64`, or `None` without a
+/// gradient.
+fn param_and_grad(p: &Tensor) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+    let Some(g) = p.grad() else {
+        return Ok(None);
+    };
+    if g.shape() != p.shape() {
+        return Err(Error::Config(format!(
+            "optimizer: gradient of shape {:?} for a parameter of shape {:?}",
+            g.shape(),
+            p.shape()
+        )));
+    }
+    Ok(Some((p.to_vec_f64()?, g.to_vec_f64()?)))
+}
+
+/// Overwrite `p` with `values` (same length), converting to its dtype.
+fn write_param(p: &Tensor, values: &[f64]) -> Result<()> {
+    p.copy_(&Tensor::from_f64s(values, p.shape(), p.dtype())?)?;
+    Ok(())
+}
+
+/// Save slots as `"{i}.step"`, `"{i}.{a_name}"`, `"{i}.{b_name}"` (empty buffers omitted).
+fn slots_state(slots: &[Slot], a_name: &str, b_name: &str) -> Result<BTreeMap<String, Tensor>> {
+    let mut out = BTreeMap::new();
+    for (i, s) in slots.iter().enumerate() {
+        out.insert(
+            format!("{i}.step"),
+            Tensor::from_vec(vec![s.step as f64], &[1])?,
+        );
+        for (name, buf) in [(a_name, &s.a), (b_name, &s.b)] {
+            if !buf.is_empty() {
+                out.insert(
+                    format!("{i}.{name}"),
+                    Tensor::from_vec(buf.clone(), &[buf.len()])?,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Inverse of [`slots_state`] for parameters `params` (flattened across groups).
+fn load_slots(
+    params: &[&Tensor],
+    state: &BTreeMap<String, Tensor>,
+    a_name: &str,
+    b_name: &str,
+) -> Result<Vec<Slot>> {
+    let mut used = 0;
+    let mut slots = Vec::with_capacity(params.len());
+    for (i, p) in params.iter().enumerate() {
+        let key = format!("{i}.step");
+        let step = state
+            .get(&key)
+            .ok_or_else(|| Error::MissingKey(key.clone()))?
+            .item()?;
+        used += 1;
+        let mut buf = |name: &str| -> Result<Vec<f64>> {
+            let key = format!("{i}.{name}");
+            match state.get(&key) {
+                None => Ok(Vec::new()),
+                Some(t) if t.numel() == p.numel() => {
+                    used += 1;
+                    t.to_vec_f64().map_err(Error::from)
+                }
+                Some(t) => Err(Error::StateShape {
+                    key,
+                    expected: vec![p.numel()],
+                    found: t.shape().to_vec(),
+                }),
+            }
+        };
+        let (a, b) = (buf(a_name)?, buf(b_name)?);
+        slots.push(Slot {
+            step: step as u64,
+            a,
+            b,
+        });
+    }
+    if used != state.len() {
+        let known: Vec<String> = (0..params.len())
+            .flat_map(|i| {
+                [
+                    format!("{i}.step"),
+                    format!("{i}.{a_name}"),
+                    format!("{i}.{b_name}"),
+                ]
+            })
+            .collect();
+        let extra = state
+            .keys()
+            .filter(|k| !known.contains(k))
+            .cloned()
+            .collect();
+        return Err(Error::UnexpectedKeys(extra));
+    }
+    Ok(slots)
+}
+
+/// Hyper-parameters of [`AdamW`]; the defaults are PyTorch's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    /// Learning rate (default 1e-3).
+    pub lr: f64,
+    /// Coefficients of the running averages of the gradient and its square
+    /// (default (0.9, 0.999)).
+    pub betas: (f64, f64),
+    /// Added to the denominator for numerical stability (default 1e-8).
+    pub eps: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+        }
+    }
+}
+
+/// Adam with decoupled weight decay (Loshchilov & Hutter 2019), PyTorch's `AdamW`:
+///
+/// ```text
+/// p ← p − lr·λ·p
+/// m ← β₁ m + (1−β₁) g          v ← β₂ v + (1−β₂) g²
+/// p ← p − (lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + ε)
+/// ```
+///
+/// with `lr` the group's learning rate and λ its `weight_decay` (PyTorch's default is 0.01).
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    groups: Vec<ParamGroup>,
+    config: AdamWConfig,
+    slots: Vec<Slot>,
+}
+
+impl AdamW {
+    /// An optimizer over `groups`. Errors on a non-finite or negative learning rate, betas
+    /// outside `[0, 1)` or a negative `eps`.
+    pub fn new(groups: Vec<ParamGroup>, config: AdamWConfig) -> Result<Self> {
+        let (b1, b2) = config.betas;
+        if !(config.lr.is_finite() && config.lr >= 0.0)
+            || !(0.0..1.0).contains(&b1)
+            || !(0.0..1.0).contains(&b2)
+            || !(config.eps >= 0.0)
+        {
+            return Err(Error::Config(format!("AdamW: invalid {config:?}")));
+        }
+        let n = groups.iter().map(|g| g.params.len()).sum();
+        Ok(AdamW {
+            groups,
+            config,
+            slots: vec![Slot::default(); n],
+        })
+    }
+
+    fn params(&self) -> Vec<&Tensor> {
+        self.groups.iter().flat_map(|g| &g.params).collect()
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self) -> Result<()> {
+        let (b1, b2) = self.config.betas;
+        let eps = self.config.eps;
+        let mut i = 0;
+        for g in &self.groups {
+            let lr = self.config.lr * g.lr_scale;
+            for p in &g.params {
+                let slot = &mut self.slots[i];
+                i += 1;
+                let Some((mut w, grad)) = param_and_grad(p)? else {
+                    continue;
+                };
+                if slot.a.is_empty() {
+                    slot.a = vec![0.0; w.len()];
+                    slot.b = vec![0.0; w.len()];
+                }
+                slot.step += 1;
+                let bc1 = 1.0 - b1.powi(slot.step as i32);
+                let bc2_sqrt = (1.0 - b2.powi(slot.step as i32)).sqrt();
+                let step_size = lr / bc1;
+                let decay = 1.0 - lr * g.weight_decay;
+                for (((wi, &gi), m), v) in w.iter_mut().zip(&grad).zip(&mut slot.a).zip(&mut slot.b)
+                {
+                    *wi *= decay;
+                    *m = b1 * *m + (1.0 - b1) * gi;
+                    *v = b2 * *v + (1.0 - b2) * gi * gi;
+                    *wi -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
+                }
+                write_param(p, &w)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn zero_grad(&self) {
+        self.params().iter().for_each(|p| p.zero_grad());
+    }
+
+    fn lr(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    fn state_dict(&self) -> Result<BTreeMap<String, Tensor>> {
+        slots_state(&self.slots, "exp_avg", "exp_avg_sq")
+    }
+
+    fn load_state_dict(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
+        self.slots = load_slots(&self.params(), state, "exp_avg", "exp_avg_sq")?;
+        Ok(())
+    }
+}
+
+/// Hyper-parameters of [`Sgd`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum factor (0 for plain SGD).
+    pub momentum: f64,
+    /// Dampening of the momentum (PyTorch's default 0).
+    pub dampening: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+}
+
+/// Stochastic gradient descent with momentum, PyTorch's `SGD`:
+///
+/// ```text
+/// g ← g + λ p
+/// b ← g (first step),  b ← μ b + (1−dampening) g (later steps)
+/// g ← g + μ b (Nesterov)  or  g ← b
+/// p ← p − lr g
+/// ```
+#[derive(Debug, Clone)]
+pub struct Sgd {
+    groups: Vec<ParamGroup>,
+    config: SgdConfig,
+    slots: Vec<Slot>,
+}
+
+impl Sgd {
+    /// An optimizer over `groups`. Errors on a negative or non-finite learning rate or
+    /// momentum, or Nesterov without momentum or with dampening.
+    pub fn new(groups: Vec<ParamGroup>, config: SgdConfig) -> Result<Self> {
+        if !(config.lr.is_finite() && config.lr >= 0.0)
+            || !(config.momentum.is_finite() && config.momentum >= 0.0)
+            || (config.nesterov && (config.momentum == 0.0 || config.dampening != 0.0))
+        {
+            return Err(Error::Config(format!("SGD: invalid {config:?}")));
+        }
+        let n = groups.iter().map(|g| g.params.len()).sum();
+        Ok(Sgd {
+            groups,
+            config,
+            slots: vec![Slot::default(); n],
+        })
+    }
+
+    fn params(&self) -> Vec<&Tensor> {
+        self.groups.iter().flat_map(|g| &g.params).collect()
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self) -> Result<()> {
+        let SgdConfig {
+            momentum,
+            dampening,
+            nesterov,
+            ..
+        } = self.config;
+        let mut i = 0;
+        for g in &self.groups {
+            let lr = self.config.lr * g.lr_scale;
+            for p in &g.params {
+                let slot = &mut self.slots[i];
+                i += 1;
+                let Some((mut w, mut grad)) = param_and_grad(p)? else {
+                    continue;
+                };
+                if g.weight_decay != 0.0 {
+                    grad.iter_mut()
+                        .zip(&w)
+                        .for_each(|(gi, &wi)| *gi += g.weight_decay * wi);
+                }
+                if momentum != 0.0 {
+                    if slot.a.is_empty() {
+                        slot.a = grad.clone();
+                    } else {
+                        slot.a
+                            .iter_mut()
+                            .zip(&grad)
+                            .for_each(|(b, &gi)| *b = momentum * *b + (1.0 - dampening) * gi);
+                    }
+                    if nesterov {
+                        grad.iter_mut()
+                            .zip(&slot.a)
+                            .for_each(|(gi, &b)| *gi += momentum * b);
+                    } else {
+                        grad.copy_from_slice(&slot.a);
+                    }
+                }
+                slot.step += 1;
+                w.iter_mut().zip(&grad).for_each(|(wi, &gi)| *wi -= lr * gi);
+                write_param(p, &w)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn zero_grad(&self) {
+        self.params().iter().for_each(|p| p.zero_grad());
+    }
+
+    fn lr(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    fn state_dict(&self) -> Result<BTreeMap<String, Tensor>> {
+        slots_state(&self.slots, "momentum_buffer", "unused")
+    }
+
+    fn load_state_dict(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
+        self.slots = load_slots(&self.params(), state, "momentum_buffer", "unused")?;
+        Ok(())
+    }
+}
+
+/// The global L2 norm of all gradients, `√(Σ_p ‖∂L/∂p‖²)` (parameters without a gradient
+/// count as zero), accumulated in `f64` in parameter order. When it exceeds `max_norm`,
+/// every gradient is scaled in place by `max_norm / (norm + 1e-6)` (PyTorch's
+/// `clip_grad_norm_`). A non-finite norm is returned as is and nothing is scaled, so the
+/// caller can stop on it.
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
+    let grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
+    let mut sq = 0.0;
+    for g in &grads {
+        sq += g.to_vec_f64()?.iter().map(|x| x * x).sum::<f64>();
+    }
+    let norm = sq.sqrt();
+    if norm.is_finite() && norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        for g in &grads {
+            let scaled: Vec<f64> = g.to_vec_f64()?.iter().map(|x| x * scale).collect();
+            g.copy_(&Tensor::from_f64s(&scaled, g.shape(), g.dtype())?)?;
+        }
+    }
+    Ok(norm)
+}
+
+/// Linear warmup then cosine decay (as in GPT-style training):
+///
+/// ```text
+/// lr(s) = base · (s+1)/warmup                                   for s < warmup
+/// lr(s) = min + (base − min) · ½ (1 + cos(π (s − warmup)/(total − warmup)))   after
+/// ```
+///
+/// for step `s` counted from 0; after `total` steps the rate stays at `min`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CosineSchedule {
+    /// Peak learning rate, reached at the end of warmup.
+    pub base_lr: f64,
+    /// Final learning rate.
+    pub min_lr: f64,
+    /// Number of warmup steps (0 for none).
+    pub warmup: usize,
+    /// Total number of steps, warmup included.
+    pub total: usize,
+}
+
+impl CosineSchedule {
+    /// The learning rate of step `step` (0-based).
+    pub fn lr(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.base_lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = self.total.saturating_sub(self.warmup).max(1) as f64;
+        let progress = ((step - self.warmup) as f64 / span).min(1.0);
+        self.min_lr
+            + (self.base_lr - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::DType;
+
+    fn leaf(v: &[f64]) -> Tensor {
+        Tensor::from_f64s(v, &[v.len()], DType::F64)
+            .unwrap()
+            .requires_grad_(true)
+            .unwrap()
+    }
+
+    /// Set `p.grad` to `g` by back-propagating `Σ p·g`.
+    fn set_grad(p: &Tensor, g: &[f64]) {
+        p.zero_grad();
+        let gt = Tensor::from_f64s(g, &[g.len()], DType::F64).unwrap();
+        p.mul(&gt).unwrap().sum_all().unwrap().backward().unwrap();
+    }
+
+    fn close(a: &[f64], b: &[f64]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-9, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn adamw_matches_hand_computed_steps() {
+        // lr 0.1, wd 0.01, betas (0.9, 0.999), eps 1e-8; p = 1, g = 0.5 then -0.2.
+        let p = leaf(&[1.0]);
+        let mut opt = AdamW::new(
+            vec![ParamGroup::new(vec![p.clone()], 0.01)],
+            AdamWConfig {
+                lr: 0.1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        set_grad(&p, &[0.5]);
+        opt.step().unwrap();
+        // Step 1: decay → 0.999; m̂ = 0.5, v̂ = 0.25 → update 0.1·0.5/(0.5+1e-8).
+        let p1 = 0.999 - 0.1 * 0.5 / (0.5 + 1e-8);
+        close(&p.to_vec_f64().unwrap(), &[p1]);
+        set_grad(&p, &[-0.2]);
+        opt.step().unwrap();
+        let m = 0.9 * 0.05 + 0.1 * -0.2;
+        let v = 0.999 * 0.00025 + 0.001 * 0.04;
+        let p2 =
+            p1 * 0.999 - 0.1 / (1.0 - 0.81) * m / ((v / (1.0 - 0.999f64.powi(2))).sqrt() + 1e-8);
+        close(&p.to_vec_f64().unwrap(), &[p2]);
+    }
+
+    #[test]
+    fn adamw_group_options_and_missing_grads() {
+        let a = leaf(&[1.0, 2.0]);
+        let b = leaf(&[3.0]);
+        let c = leaf(&[4.0]);
+        let mut opt = AdamW::new(
+            vec![
+                ParamGroup::new(vec![a.clone(), c.clone()], 0.1),
+                ParamGroup::new(vec![b.clone()], 0.0).with_lr_scale(10.0),
+            ],
+            AdamWConfig {
+                lr: 0.01,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        set_grad(&a, &[1.0, -1.0]);
+        set_grad(&b, &[2.0]);
+        opt.step().unwrap();
+        // First Adam step moves each coordinate by lr·sign(g) (up to eps).
+        close(
+            &a.to_vec_f64().unwrap(),
+            &[1.0 * 0.999 - 0.01, 2.0 * 0.999 + 0.01],
+        );
+        close(&b.to_vec_f64().unwrap(), &[3.0 - 0.1]);
+        close(&c.to_vec_f64().unwrap(), &[4.0]); // no gradient: untouched, no decay
+    }
+
+    #[test]
+    fn adamw_state_round_trip_continues_identically() {
+        let run = |split: bool| {
+            let p = leaf(&[0.3, -0.7]);
+            let mk = |p: &Tensor| {
+                AdamW::new(
+                    vec![ParamGroup::new(vec![p.clone()], 0.01)],
+                    AdamWConfig::default(),
+                )
+                .unwrap()
+            };
+            let mut opt = mk(&p);
+            for s in 0..6 {
+                if split && s == 3 {
+                    let state = opt.state_dict().unwrap();
+                    opt = mk(&p);
+                    opt.load_state_dict(&state).unwrap();
+                }
+                set_grad(&p, &[s as f64 - 2.5, 0.1 * s as f64]);
+                opt.step().unwrap();
+            }
+            p.to_vec_f64().unwrap()
+        };
+        assert_eq!(run(false), run(true));
+    }
+
+    #[test]
+    fn load_state_rejects_bad_entries() {
+        let p = leaf(&[1.0, 2.0]);
+        let mut opt = AdamW::new(
+            vec![ParamGroup::new(vec![p.clone()], 0.0)],
+            AdamWConfig::default(),
+        )
+        .unwrap();
+        let mut state = BTreeMap::new();
+        assert!(matches!(
+            opt.load_state_dict(&state),
+            Err(Error::MissingKey(_))
+        ));
+        state.insert(
+            "0.step".into(),
+            Tensor::from_vec(vec![1.0f64], &[1]).unwrap(),
+        );
+        state.insert(
+            "0.exp_avg".into(),
+            Tensor::from_vec(vec![1.0f64], &[1]).unwrap(),
+        );
+        assert!(matches!(
+            opt.load_state_dict(&state),
+            Err(Error::StateShape { .. })
+        ));
+        state.remove("0.exp_avg");
+        state.insert(
+            "9.step".into(),
+            Tensor::from_vec(vec![1.0f64], &[1]).unwrap(),
+        );
+        assert!(matches!(
+            opt.load_state_dict(&state),
+            Err(Error::UnexpectedKeys(_))
+        ));
+    }
+
+    #[test]
+    fn sgd_momentum_matches_hand_computed_steps() {
+        // lr 0.1, momentum 0.9, wd 0.5: g₁ = 1 + 0.5·2 = 2, b = 2, p = 2 − 0.2 = 1.8;
+        // g₂ = −1 + 0.9 = −0.1, b = 1.8 − 0.1 = 1.7, p = 1.8 − 0.17 = 1.63.
+        let p = leaf(&[2.0]);
+        let mut opt = Sgd::new(
+            vec![ParamGroup::new(vec![p.clone()], 0.5)],
+            SgdConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+            },
+        )
+        .unwrap();
+        set_grad(&p, &[1.0]);
+        opt.step().unwrap();
+        close(&p.to_vec_f64().unwrap(), &[1.8]);
+        set_grad(&p, &[-1.0]);
+        opt.step().unwrap();
+        close(&p.to_vec_f64().unwrap(), &[1.63]);
+        assert!(Sgd::new(
+            vec![],
+            SgdConfig {
+                lr: 0.1,
+                momentum: 0.0,
+                dampening: 0.0,
+                nesterov: true
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn clip_scales_to_max_norm() {
+        let a = leaf(&[0.0, 0.0]);
+        let b = leaf(&[0.0]);
+        set_grad(&a, &[3.0, 0.0]);
+        set_grad(&b, &[4.0]);
+        let params = vec![a.clone(), b.clone()];
+        assert!((clip_grad_norm(&params, 10.0).unwrap() - 5.0).abs() < 1e-12);
+        close(&a.grad().unwrap().to_vec_f64().unwrap(), &[3.0, 0.0]);
+        assert!((clip_grad_norm(&params, 1.0).unwrap() - 5.0).abs() < 1e-12);
+        let s = 1.0 / (5.0 + 1e-6);
+        close(&a.grad().unwrap().to_vec_f64().unwrap(), &[3.0 * s, 0.0]);
+        close(&b.grad().unwrap().to_vec_f64().unwrap(), &[4.0 * s]);
+        set_grad(&b, &[f64::NAN]);
+        assert!(clip_grad_norm(&params, 1.0).unwrap().is_nan());
+    }
+
+    #[test]
+    fn cosine_schedule_values() {
+        let s = CosineSchedule {
+            base_lr: 1.0,
+            min_lr: 0.1,
+            warmup: 4,
+            total: 14,
+        };
+        close(&[s.lr(0), s.lr(3)], &[0.25, 1.0]);
+        close(
+            &[s.lr(4), s.lr(9), s.lr(14), s.lr(100)],
+            &[1.0, 0.55, 0.1, 0.1],
+        );
+        let no_warmup = CosineSchedule { warmup: 0, ..s };
+        close(&[no_warmup.lr(0)], &[1.0]);
+    }
+}
