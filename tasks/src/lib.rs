@@ -1,1 +1,39 @@
-//! Shared pieces of the task binaries (data loading, logging).
+//! Shared pieces of the task binaries: text data, JSONL metrics, SVG plots.
+pub mod metrics;
+pub mod plot;
+pub mod text;
+
+use std::path::PathBuf;
+
+/// Errors of the task programs; every message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data file does not exist.
+    #[error("data file {path} not found; create it with:\n    {hint}")]
+    DataMissing { path: PathBuf, hint: String },
+    /// The data file is not UTF-8 text.
+    #[error("{path} is not valid UTF-8 text (first invalid byte at byte {offset}); pass a UTF-8 text file")]
+    NotUtf8 { path: PathBuf, offset: usize },
+    /// The data cannot be used (empty, too short, ...).
+    #[error("data: {0}")]
+    Data(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A chart could not be drawn.
+    #[error("plot {path}: {msg}")]
+    Plot { path: PathBuf, msg: String },
+    /// A layer, optimizer or checkpoint failed.
+    #[error(transparent)]
+    Nn(#[from] nn::Error),
+    /// An engine operation failed.
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+}
+
+/// Result alias of the task programs.
+pub type Result<T> = std::result::Result<T, Error>;
