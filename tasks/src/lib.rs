@@ -27,6 +27,13 @@ pub enum Error {
     /// A chart could not be drawn.
     #[error("plot {path}: {msg}")]
     Plot { path: PathBuf, msg: String },
+    /// Training diverged: the loss or a gradient is NaN or infinite.
+    #[error("non-finite values at step {step}: {what}; stopping (the last good checkpoint, if any, is {checkpoint})")]
+    NonFinite {
+        step: usize,
+        what: String,
+        checkpoint: PathBuf,
+    },
     /// A layer, optimizer or checkpoint failed.
     #[error(transparent)]
     Nn(#[from] nn::Error),

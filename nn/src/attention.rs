@@ -1,0 +1,336 @@
+//! Causal multi-head self-attention that reports its attention entropy, and the lower bound
+//! of that entropy from Theorem 3.1 of Zhai et al. (ICML 2023, arXiv 2303.06296).
+//!
+//! Attention entropy, the paper's central diagnostic: for attention probabilities `A` (rows
+//! sum to 1), `Ent(A_i) = −Σ_j A_ij ln A_ij`, reported per head as the mean over query
+//! positions and examples. It is taken from the softmax output of the forward pass itself,
+//! before dropout, with no extra pass; masked keys have probability exactly 0 and add
+//! nothing.
+
+use crate::module::join;
+use crate::{Dropout, LinearLayer, Module, Result, TensorRole};
+use engine::{DType, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Mean entropy per head of attention probabilities `p` `[batch, heads, queries, keys]`:
+/// `−Σ_j p ln p` per row (terms with `p = 0` count 0), averaged over batch and queries,
+/// summed in a fixed order in `f64`. Errors unless `p` has rank 4.
+pub fn mean_entropy_per_head(p: &Tensor) -> Result<Vec<f64>> {
+    let &[b, h, t, s] = p.shape() else {
+        return Err(crate::Error::Config(format!(
+            "attention entropy needs probabilities [batch, heads, queries, keys], got {:?}",
+            p.shape()
+        )));
+    };
+    let rows = (b * t).max(1) as f64;
+    let mut out = vec![0.0; h];
+    let mut add = |i: usize, x: f64| {
+        if x > 0.0 {
+            out[(i / (t * s)) % h] -= x * x.ln();
+        }
+    };
+    match p.dtype() {
+        DType::F32 => p
+            .to_vec::<f32>()?
+            .into_iter()
+            .enumerate()
+            .for_each(|(i, x)| add(i, x as f64)),
+        DType::F64 => p
+            .to_vec::<f64>()?
+            .into_iter()
+            .enumerate()
+            .for_each(|(i, x)| add(i, x)),
+    }
+    Ok(out.into_iter().map(|e| e / rows).collect())
+}
+
+/// Theorem 3.1 of Zhai et al. (as transcribed from secondary sources): for a sequence of
+/// `t` tokens and `s = ‖W_K W_Qᵀ‖₂ · ‖X Xᵀ‖₂` (logit scale folded in), with
+/// `β = exp(−s·√(t/(t−1)))`, every attention row has entropy at least
+/// `ln(1 + (t−1)β) + s·√(t(t−1))·β / (1 + (t−1)β)`. `s = 0` gives `ln t`; `t ≤ 1` gives 0.
+pub fn entropy_lower_bound(t: usize, s: f64) -> f64 {
+    if t <= 1 {
+        return 0.0;
+    }
+    let t = t as f64;
+    let beta = (-s * (t / (t - 1.0)).sqrt()).exp();
+    let d = 1.0 + (t - 1.0) * beta;
+    d.ln() + s * (t * (t - 1.0)).sqrt() * beta / d
+}
+
+/// Largest singular value of the linear map given by `apply` (ℝⁿ → ℝⁿ, symmetric positive
+/// semi-definite, e.g. `AᵀA`), by power iteration from a fixed start: returns the top
+/// eigenvalue.
+fn top_eigenvalue(n: usize, apply: impl Fn(&[f64]) -> Vec<f64>) -> f64 {
+    let mut v: Vec<f64> = (0..n).map(|i| 1.0 + 0.5 * ((i as f64) * 0.7).sin()).collect();
+    let mut lambda = 0.0;
+    for _ in 0..100 {
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return 0.0;
+        }
+        v.iter_mut().for_each(|x| *x /= norm);
+        let w = apply(&v);
+        let next: f64 = w.iter().zip(&v).map(|(a, b)| a * b).sum();
+        v = w;
+        if (next - lambda).abs() <= 1e-9 * next.abs() {
+            return next;
+        }
+        lambda = next;
+    }
+    lambda
+}
+
+/// `y = A x` for `A` row-major `[rows, cols]`.
+fn matvec(a: &[f64], rows: usize, cols: usize, x: &[f64]) -> Vec<f64> {
+    (0..rows)
+        .map(|r| a[r * cols..(r + 1) * cols].iter().zip(x).map(|(p, q)| p * q).sum())
+        .collect()
+}
+
+/// `y = Aᵀ x` for `A` row-major `[rows, cols]`.
+fn matvec_t(a: &[f64], rows: usize, cols: usize, x: &[f64]) -> Vec<f64> {
+    let mut y = vec![0.0; cols];
+    for r in 0..rows {
+        for (yi, &ai) in y.iter_mut().zip(&a[r * cols..(r + 1) * cols]) {
+            *yi += ai * x[r];
+        }
+    }
+    y
+}
+
+/// The weight a linear layer actually applies: `W`, or `(γ / max(σ, ε)) W` for σReparam.
+fn effective_weight(l: &LinearLayer) -> Result<Vec<f64>> {
+    Ok(match l {
+        LinearLayer::Plain(p) => p.weight().to_vec_f64()?,
+        LinearLayer::SigmaReparam(s) => {
+            let scale = s.gamma() / s.sigma().max(engine::SIGMA_EPS);
+            s.weight().to_vec_f64()?.into_iter().map(|w| w * scale).collect()
+        }
+    })
+}
+
+/// Causal multi-head self-attention (Vaswani et al. 2017) with separate query, key, value
+/// and output projections, each plain or σReparam.
+///
+/// Submodules: `q`, `k`, `v`, `proj` (all `[d_model, d_model]` with bias). Query `i`
+/// attends to keys `0..=i`. Every forward in which recording is on (the default) stores the
+/// mean attention entropy per head ([`CausalSelfAttention::entropy`]) and keeps the input
+/// for [`CausalSelfAttention::entropy_bound`].
+#[derive(Debug)]
+pub struct CausalSelfAttention {
+    q: LinearLayer,
+    k: LinearLayer,
+    v: LinearLayer,
+    proj: LinearLayer,
+    n_heads: usize,
+    attn_drop: Dropout,
+    record: AtomicBool,
+    entropy: Mutex<Vec<f64>>,
+    last_input: Mutex<Option<Tensor>>,
+    mask: Mutex<Option<Tensor>>,
+}
+
+impl CausalSelfAttention {
+    /// Projections built by `make(in, out)` (so the caller picks plain or σReparam);
+    /// `dropout` applies to the attention probabilities. Errors when `d_model` is not a
+    /// multiple of `n_heads` or `n_heads` is 0.
+    pub fn new(
+        d_model: usize,
+        n_heads: usize,
+        dropout: f64,
+        mut make: impl FnMut(usize, usize) -> Result<LinearLayer>,
+    ) -> Result<Self> {
+        if n_heads == 0 || d_model % n_heads != 0 {
+            return Err(crate::Error::Config(format!(
+                "d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})"
+            )));
+        }
+        Ok(CausalSelfAttention {
+            q: make(d_model, d_model)?,
+            k: make(d_model, d_model)?,
+            v: make(d_model, d_model)?,
+            proj: make(d_model, d_model)?,
+            n_heads,
+            attn_drop: Dropout::new(dropout)?,
+            record: AtomicBool::new(true),
+            entropy: Mutex::new(Vec::new()),
+            last_input: Mutex::new(None),
+            mask: Mutex::new(None),
+        })
+    }
+
+    /// The additive causal mask `[t, t]`: 0 on and below the diagonal, −∞ above.
+    fn mask(&self, t: usize, dtype: DType) -> Result<Tensor> {
+        let mut slot = self.mask.lock().expect("mask lock poisoned");
+        if let Some(m) = slot.as_ref().filter(|m| m.shape()[0] == t && m.dtype() == dtype) {
+            return Ok(m.clone());
+        }
+        let v: Vec<f64> = (0..t * t)
+            .map(|i| if i % t > i / t { f64::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let m = Tensor::from_f64s(&v, &[t, t], dtype)?;
+        *slot = Some(m.clone());
+        Ok(m)
+    }
+
+    /// Attend over `x` `[batch, t, d_model]`, giving `[batch, t, d_model]`; `rng` drives
+    /// attention dropout. Errors on a shape mismatch.
+    pub fn forward(&self, x: &Tensor, rng: &mut impl rand::Rng) -> Result<Tensor> {
+        let &[b, t, d] = x.shape() else {
+            return Err(crate::Error::Config(format!(
+                "attention input must be [batch, t, d_model], got {:?}",
+                x.shape()
+            )));
+        };
+        let (h, dh) = (self.n_heads, d / self.n_heads);
+        let heads = |y: Tensor| -> Result<Tensor> { Ok(y.reshape(&[b, t, h, dh])?.permute(&[0, 2, 1, 3])?) };
+        let q = heads(self.q.forward(x)?.mul_scalar(1.0 / (dh as f64).sqrt())?)?;
+        let k = heads(self.k.forward(x)?)?;
+        let v = heads(self.v.forward(x)?)?;
+        let scores = q.matmul(&k.transpose(2, 3)?)?.add(&self.mask(t, x.dtype())?)?;
+        let p = scores.softmax(3)?;
+        if self.record.load(Ordering::Relaxed) {
+            *self.entropy.lock().expect("entropy lock poisoned") = mean_entropy_per_head(&p)?;
+            *self.last_input.lock().expect("input lock poisoned") = Some(x.detach());
+        }
+        let p = self.attn_drop.forward(&p, rng)?;
+        let y = p.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?;
+        self.proj.forward(&y)
+    }
+
+    /// Turn entropy recording on or off (off saves a pass over the probabilities on steps
+    /// that are not logged).
+    pub fn set_record(&self, on: bool) {
+        self.record.store(on, Ordering::Relaxed);
+        if !on {
+            *self.last_input.lock().expect("input lock poisoned") = None;
+        }
+    }
+
+    /// Mean attention entropy per head of the last recorded forward (empty before any).
+    pub fn entropy(&self) -> Vec<f64> {
+        self.entropy.lock().expect("entropy lock poisoned").clone()
+    }
+
+    /// The Theorem 3.1 lower bound of the mean attention entropy per head for the last
+    /// recorded input `X` (each sequence separately): `s_h = ‖W_Q^h W_K^hᵀ‖₂/√d_head ·
+    /// ‖X‖₂²` from the effective (σReparam-scaled) weights, biases ignored. Query `i` of a
+    /// causal row sees `i+1` keys, so the bound is averaged over rows with `T = i+1` (using
+    /// the whole sequence's `‖X‖₂`, which only loosens it), then over sequences. `None`
+    /// before any recorded forward.
+    pub fn entropy_bound(&self) -> Result<Option<Vec<f64>>> {
+        let Some(x) = self.last_input.lock().expect("input lock poisoned").clone() else {
+            return Ok(None);
+        };
+        let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        let (h, dh) = (self.n_heads, d / self.n_heads);
+        let (wq, wk) = (effective_weight(&self.q)?, effective_weight(&self.k)?);
+        // ‖Wq_hᵀ Wk_h‖₂ per head, Wq_h = rows h·dh..(h+1)·dh of the [d, d] weight.
+        let qk_norm: Vec<f64> = (0..h)
+            .map(|i| {
+                let (q, k) = (&wq[i * dh * d..(i + 1) * dh * d], &wk[i * dh * d..(i + 1) * dh * d]);
+                // M = qᵀ k; MᵀM v = kᵀ q qᵀ k v.
+                top_eigenvalue(d, |v| {
+                    let kv = matvec(k, dh, d, v);
+                    let mkv = matvec_t(q, dh, d, &kv);
+                    let qm = matvec(q, dh, d, &mkv);
+                    matvec_t(k, dh, d, &qm)
+                })
+                .sqrt()
+                    / (dh as f64).sqrt()
+            })
+            .collect();
+        let xs = x.to_vec_f64()?;
+        let mut out = vec![0.0; h];
+        for s in 0..b {
+            let xb = &xs[s * t * d..(s + 1) * t * d];
+            let x_sq = top_eigenvalue(d, |v| matvec_t(xb, t, d, &matvec(xb, t, d, v)));
+            for (o, &m) in out.iter_mut().zip(&qk_norm) {
+                let sv = m * x_sq;
+                *o += (1..=t).map(|n| entropy_lower_bound(n, sv)).sum::<f64>() / t as f64;
+            }
+        }
+        Ok(Some(out.into_iter().map(|v| v / b as f64).collect()))
+    }
+
+    /// The projections in order `q`, `k`, `v`, `proj`, with their names.
+    pub fn linears(&self) -> [(&'static str, &LinearLayer); 4] {
+        [("q", &self.q), ("k", &self.k), ("v", &self.v), ("proj", &self.proj)]
+    }
+}
+
+impl Module for CausalSelfAttention {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor, TensorRole)) {
+        for (name, l) in self.linears() {
+            l.visit(&join(prefix, name), f);
+        }
+    }
+
+    fn set_training(&self, training: bool) {
+        for (_, l) in self.linears() {
+            l.set_training(training);
+        }
+        self.attn_drop.set_training(training);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LinearKind;
+    use rand::SeedableRng;
+
+    #[test]
+    fn entropy_of_uniform_row_is_ln_t_and_of_one_hot_row_is_zero() {
+        let t = 7;
+        let uniform = Tensor::full(&[2, 3, t, t], 1.0 / t as f64, DType::F64);
+        for e in mean_entropy_per_head(&uniform).unwrap() {
+            assert!((e - (t as f64).ln()).abs() < 1e-12, "{e}");
+        }
+        let mut one_hot = vec![0.0f32; 2 * t * t];
+        for r in 0..2 * t {
+            one_hot[r * t + r % t] = 1.0;
+        }
+        let p = Tensor::from_vec(one_hot, &[1, 2, t, t]).unwrap();
+        assert_eq!(mean_entropy_per_head(&p).unwrap(), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn bound_matches_reference_values() {
+        assert!((entropy_lower_bound(197, 0.0) - 197f64.ln()).abs() < 1e-12);
+        assert!((entropy_lower_bound(197, 1.0) - 5.278).abs() < 1e-3);
+        assert!((entropy_lower_bound(197, 5.0) - 3.672).abs() < 1e-3);
+        assert!((entropy_lower_bound(16, 5.0) - 0.490).abs() < 1e-3);
+    }
+
+    #[test]
+    fn forward_is_causal_and_records_entropy_below_the_bound() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let attn = CausalSelfAttention::new(8, 2, 0.0, |i, o| {
+            LinearLayer::new(LinearKind::Plain, i, o, true, DType::F64, &mut rand_chacha::ChaCha8Rng::seed_from_u64((i * 31 + o) as u64))
+        })
+        .unwrap();
+        let x = Tensor::randn(&[2, 5, 8], 0.0, 1.0, DType::F64, &mut rng);
+        let y = attn.forward(&x, &mut rng).unwrap();
+        assert_eq!(y.shape(), &[2, 5, 8]);
+        // Changing the last position must not change earlier outputs.
+        let mut xv = x.to_vec_f64().unwrap();
+        for d in 0..8 {
+            xv[4 * 8 + d] += 1.0;
+        }
+        let x2 = Tensor::from_f64s(&xv, &[2, 5, 8], DType::F64).unwrap();
+        let y2 = attn.forward(&x2, &mut rng).unwrap();
+        let (a, b) = (y.to_vec_f64().unwrap(), y2.to_vec_f64().unwrap());
+        assert_eq!(a[..32], b[..32]);
+        let ent = attn.entropy();
+        let bound = attn.entropy_bound().unwrap().unwrap();
+        assert_eq!(ent.len(), 2);
+        // Mean over causal rows of ln(i+1) is the maximum.
+        let max = (1..=5).map(|n| (n as f64).ln()).sum::<f64>() / 5.0;
+        for (e, lb) in ent.iter().zip(&bound) {
+            assert!(*lb <= *e + 1e-9 && *e <= max + 1e-9, "{lb} ≤ {e} ≤ {max}");
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `lm`: train a character-level transformer language model on real text, with σReparam
+//! variants, attention-entropy diagnostics, checkpoints, plots and a generated sample.
+
+use clap::Parser;
+use std::path::PathBuf;
+use tasks::lm::{run, RunConfig, RunOptions, Variant, DEFAULT_DATA};
+
+/// Train a character-level transformer LM (Shakespeare by default) and watch its attention
+/// entropy. Writes metrics.jsonl, checkpoint.safetensors, loss/entropy/σ-γ plots (SVG) and
+/// sample.txt to --out.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Model variant: LayerNorm placement and plain or σReparam linear layers.
+    #[arg(long, value_enum, default_value = "pre-ln")]
+    variant: Variant,
+    /// Peak learning rate [default: 1e-3 for pre-ln/post-ln, 1e-2 for sigma-reparam,
+    /// 3e-3 for sigma-reparam-pre-ln/-post-ln].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Linear warmup steps [default: 100; 0 for sigma-reparam].
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Learning-rate multiplier of σReparam's γ [default: 1].
+    #[arg(long)]
+    gamma_lr_scale: Option<f64>,
+    /// Initialize σReparam's γ to 1 instead of σ(W₀).
+    #[arg(long)]
+    gamma_one: bool,
+    /// Training steps.
+    #[arg(long, default_value_t = 1500)]
+    steps: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Characters per sequence (the model's context length).
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Width of the residual stream.
+    #[arg(long, default_value_t = 256)]
+    d_model: usize,
+    /// Number of transformer blocks.
+    #[arg(long, default_value_t = 4)]
+    n_layers: usize,
+    /// Attention heads per block (must divide --d-model).
+    #[arg(long, default_value_t = 4)]
+    n_heads: usize,
+    /// Dropout probability (embeddings, attention, residual branches).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// AdamW weight decay of weight matrices.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Clip the global gradient norm to this.
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f64,
+    /// Standard deviation of token and position embeddings at initialization.
+    #[arg(long, default_value_t = 1.0)]
+    emb_std: f64,
+    /// Factor on every residual branch's output.
+    #[arg(long, default_value_t = 1.0)]
+    residual_scale: f64,
+    /// Seed of initialization, batch order, dropout and sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// UTF-8 text to train on (the last 10% validates). The default is fetched
+    /// automatically with scripts/fetch-shakespeare.sh when missing.
+    #[arg(long, default_value = DEFAULT_DATA)]
+    data: PathBuf,
+    /// Output directory [default: runs/lm-<variant>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run saved in DIR (its configuration is reused; model flags are ignored).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Characters of text to generate at the end.
+    #[arg(long, default_value_t = 600)]
+    sample_chars: usize,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Worker threads [default: all cores]. Results do not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Steps between metrics records.
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    /// Steps between validation losses.
+    #[arg(long, default_value_t = 100)]
+    eval_every: usize,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 10)]
+    eval_batches: usize,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 250)]
+    checkpoint_every: usize,
+    /// Stop after this many steps (with a checkpoint), as if interrupted; --resume continues.
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// Never run the fetch script; stop with the command to run instead.
+    #[arg(long)]
+    no_fetch: bool,
+    /// No progress bar or plots.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(n) = args.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            eprintln!("error: cannot start {n} threads: {e}");
+            std::process::exit(2);
+        }
+    }
+    let (lr, warmup, gamma_lr_scale) = args.variant.recipe();
+    let positive = [
+        ("--steps", args.steps),
+        ("--batch-size", args.batch_size),
+        ("--seq-len", args.seq_len),
+        ("--d-model", args.d_model),
+        ("--n-heads", args.n_heads),
+        ("--log-every", args.log_every),
+        ("--eval-every", args.eval_every),
+        ("--eval-batches", args.eval_batches),
+        ("--checkpoint-every", args.checkpoint_every),
+    ];
+    for (flag, v) in positive {
+        if v == 0 {
+            eprintln!("error: {flag} must be positive");
+            std::process::exit(2);
+        }
+    }
+    let cfg = RunConfig {
+        variant: args.variant,
+        lr: args.lr.unwrap_or(lr),
+        min_lr_ratio: 0.1,
+        warmup: args.warmup.unwrap_or(warmup),
+        gamma_lr_scale: args.gamma_lr_scale.unwrap_or(gamma_lr_scale),
+        gamma_one: args.gamma_one,
+        weight_decay: args.weight_decay,
+        grad_clip: args.grad_clip,
+        steps: args.steps,
+        batch_size: args.batch_size,
+        seq_len: args.seq_len,
+        d_model: args.d_model,
+        n_layers: args.n_layers,
+        n_heads: args.n_heads,
+        dropout: args.dropout,
+        emb_std: args.emb_std,
+        residual_scale: args.residual_scale,
+        seed: args.seed,
+        data: args.data,
+        val_fraction: 0.1,
+        log_every: args.log_every,
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        checkpoint_every: args.checkpoint_every,
+        sample_chars: args.sample_chars,
+        temperature: args.temperature,
+    };
+    let variant_name = clap::ValueEnum::to_possible_value(&args.variant)
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    let opts = RunOptions {
+        out: args
+            .resume
+            .clone()
+            .or(args.out)
+            .unwrap_or_else(|| PathBuf::from(format!("runs/lm-{variant_name}"))),
+        resume: args.resume.is_some(),
+        stop_after: args.stop_after,
+        verbose: !args.quiet,
+        plots: !args.quiet,
+        fetch: !args.no_fetch,
+    };
+    if let Err(e) = run(Some(cfg), &opts) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
