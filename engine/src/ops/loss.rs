@@ -101,7 +101,7 @@ impl Tensor {
                 Reduction::Sum | Reduction::Mean => {
                     let mut total: T = losses.iter().copied().sum();
                     if reduction == Reduction::Mean {
-                        total = total / T::from_f64_lossy(count as f64);
+                        total /= T::from_f64_lossy(count as f64);
                     }
                     Tensor::scalar(total.to_f64_lossless(), self.dtype())
                 }

@@ -94,7 +94,7 @@ impl Tensor {
                 });
             }
         }
-        if !(eps >= 0.0) {
+        if eps.is_nan() || eps < 0.0 {
             return Err(Error::invalid(op, format!("eps must be >= 0, got {eps}")));
         }
         let out = with_dtype!(self.dtype(), T => {
