@@ -216,3 +216,38 @@ impl Tensor {
         self.index_select_op(op, 0, ids)?.reshape(&shape)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cpu::on_threads;
+    use crate::{DType, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    /// A table gradient large enough for the parallel path: bit-identical on 1 and 4
+    /// threads, and equal to a sequential scatter-add over many duplicate ids.
+    #[test]
+    fn embedding_scatter_add_is_exact_and_thread_independent() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (v, d) = (5000, 8);
+        let ids: Vec<usize> = (0..20_000).map(|_| rng.gen_range(0..v)).collect();
+        let g = Tensor::randn(&[ids.len(), d], 0.0, 1.0, DType::F32, &mut rng);
+        let run = || {
+            let w = Tensor::zeros(&[v, d], DType::F32)
+                .requires_grad_(true)
+                .unwrap();
+            let y = w.embedding(&ids, &[ids.len()]).unwrap();
+            y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            w.grad().unwrap().to_vec::<f32>().unwrap()
+        };
+        let one = on_threads(1, run);
+        assert_eq!(one, on_threads(4, run));
+        let gv = g.to_vec::<f32>().unwrap();
+        let mut want = vec![0f32; v * d];
+        for (j, &i) in ids.iter().enumerate() {
+            for k in 0..d {
+                want[i * d + k] += gv[j * d + k];
+            }
+        }
+        assert_eq!(one, want);
+    }
+}

@@ -133,3 +133,56 @@ impl Tensor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Reduction, IGNORE_INDEX};
+    use crate::cpu::on_threads;
+    use crate::{DType, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    /// Logits large enough for the parallel path: loss and gradient are bit-identical on 1
+    /// and 4 threads, and the loss agrees with the composite `−log_softmax` at the targets.
+    #[test]
+    fn cross_entropy_is_thread_independent() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let (n, c) = (300, 128);
+        let x = Tensor::randn(&[n, c], 0.0, 4.0, DType::F32, &mut rng);
+        let targets: Vec<usize> = (0..n)
+            .map(|i| {
+                if i % 7 == 0 {
+                    IGNORE_INDEX
+                } else {
+                    rng.gen_range(0..c)
+                }
+            })
+            .collect();
+        let run = || {
+            let x = x.detach().requires_grad_(true).unwrap();
+            let loss = x
+                .cross_entropy(&targets, Some(IGNORE_INDEX), Reduction::Mean)
+                .unwrap();
+            loss.backward().unwrap();
+            (
+                loss.item().unwrap(),
+                x.grad().unwrap().to_vec::<f32>().unwrap(),
+            )
+        };
+        let one = on_threads(1, run);
+        assert_eq!(one, on_threads(4, run));
+        let lsm = x.log_softmax(1).unwrap().to_vec_f64().unwrap();
+        let counted: Vec<(usize, usize)> = targets
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t != IGNORE_INDEX)
+            .map(|(i, &t)| (i, t))
+            .collect();
+        let want =
+            -counted.iter().map(|&(i, t)| lsm[i * c + t]).sum::<f64>() / counted.len() as f64;
+        assert!(
+            (one.0 - want).abs() <= 1e-5 + 1e-4 * want.abs(),
+            "{} vs {want}",
+            one.0
+        );
+    }
+}

@@ -138,3 +138,56 @@ impl Tensor {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cpu::on_threads;
+    use crate::{DType, Tensor};
+    use rand::SeedableRng;
+
+    /// Rows large enough for the parallel path: output and all three gradients are
+    /// bit-identical on 1 and 4 threads, and the output matches the composite formula.
+    #[test]
+    fn layer_norm_is_thread_independent_and_matches_composite() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (n, d) = (300, 128);
+        let x = Tensor::randn(&[n, d], 3.0, 2.0, DType::F64, &mut rng);
+        let w = Tensor::randn(&[d], 1.0, 0.5, DType::F64, &mut rng);
+        let b = Tensor::randn(&[d], 0.0, 0.5, DType::F64, &mut rng);
+        let g = Tensor::randn(&[n, d], 0.0, 1.0, DType::F64, &mut rng);
+        let run = || {
+            let leaves: Vec<Tensor> = [&x, &w, &b]
+                .iter()
+                .map(|t| t.detach().requires_grad_(true).unwrap())
+                .collect();
+            let y = leaves[0]
+                .layer_norm(Some(&leaves[1]), Some(&leaves[2]), 1e-5)
+                .unwrap();
+            y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![y.to_vec::<f64>().unwrap()];
+            out.extend(
+                leaves
+                    .iter()
+                    .map(|t| t.grad().unwrap().to_vec::<f64>().unwrap()),
+            );
+            out
+        };
+        let one = on_threads(1, run);
+        assert_eq!(one, on_threads(4, run));
+        let mean = x.mean(&[1], true).unwrap();
+        let xc = x.sub(&mean).unwrap();
+        let var = xc.sqr().unwrap().mean(&[1], true).unwrap();
+        let want = xc
+            .div(&var.add_scalar(1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .mul(&w)
+            .unwrap()
+            .add(&b)
+            .unwrap()
+            .to_vec::<f64>()
+            .unwrap();
+        for (a, e) in one[0].iter().zip(&want) {
+            assert!((a - e).abs() <= 1e-9 + 1e-7 * e.abs(), "{a} vs {e}");
+        }
+    }
+}
