@@ -23,5 +23,6 @@ pub use dtype::{DType, Float};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, gradcheck_with, GradcheckOptions, GradcheckReport};
 pub use layout::{broadcast_shapes, Layout, Shape};
+pub use ops::{Reduction, IGNORE_INDEX};
 pub use storage::{CpuStorage, Storage};
 pub use tensor::{Tensor, TensorId};
