@@ -63,7 +63,9 @@ pub fn entropy_lower_bound(t: usize, s: f64) -> f64 {
 /// semi-definite, e.g. `AᵀA`), by power iteration from a fixed start: returns the top
 /// eigenvalue.
 fn top_eigenvalue(n: usize, apply: impl Fn(&[f64]) -> Vec<f64>) -> f64 {
-    let mut v: Vec<f64> = (0..n).map(|i| 1.0 + 0.5 * ((i as f64) * 0.7).sin()).collect();
+    let mut v: Vec<f64> = (0..n)
+        .map(|i| 1.0 + 0.5 * ((i as f64) * 0.7).sin())
+        .collect();
     let mut lambda = 0.0;
     for _ in 0..100 {
         let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -85,7 +87,13 @@ fn top_eigenvalue(n: usize, apply: impl Fn(&[f64]) -> Vec<f64>) -> f64 {
 /// `y = A x` for `A` row-major `[rows, cols]`.
 fn matvec(a: &[f64], rows: usize, cols: usize, x: &[f64]) -> Vec<f64> {
     (0..rows)
-        .map(|r| a[r * cols..(r + 1) * cols].iter().zip(x).map(|(p, q)| p * q).sum())
+        .map(|r| {
+            a[r * cols..(r + 1) * cols]
+                .iter()
+                .zip(x)
+                .map(|(p, q)| p * q)
+                .sum()
+        })
         .collect()
 }
 
@@ -106,7 +114,11 @@ fn effective_weight(l: &LinearLayer) -> Result<Vec<f64>> {
         LinearLayer::Plain(p) => p.weight().to_vec_f64()?,
         LinearLayer::SigmaReparam(s) => {
             let scale = s.gamma() / s.sigma().max(engine::SIGMA_EPS);
-            s.weight().to_vec_f64()?.into_iter().map(|w| w * scale).collect()
+            s.weight()
+                .to_vec_f64()?
+                .into_iter()
+                .map(|w| w * scale)
+                .collect()
         }
     })
 }
@@ -164,11 +176,20 @@ impl CausalSelfAttention {
     /// The additive causal mask `[t, t]`: 0 on and below the diagonal, −∞ above.
     fn mask(&self, t: usize, dtype: DType) -> Result<Tensor> {
         let mut slot = self.mask.lock().expect("mask lock poisoned");
-        if let Some(m) = slot.as_ref().filter(|m| m.shape()[0] == t && m.dtype() == dtype) {
+        if let Some(m) = slot
+            .as_ref()
+            .filter(|m| m.shape()[0] == t && m.dtype() == dtype)
+        {
             return Ok(m.clone());
         }
         let v: Vec<f64> = (0..t * t)
-            .map(|i| if i % t > i / t { f64::NEG_INFINITY } else { 0.0 })
+            .map(|i| {
+                if i % t > i / t {
+                    f64::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let m = Tensor::from_f64s(&v, &[t, t], dtype)?;
         *slot = Some(m.clone());
@@ -185,11 +206,15 @@ impl CausalSelfAttention {
             )));
         };
         let (h, dh) = (self.n_heads, d / self.n_heads);
-        let heads = |y: Tensor| -> Result<Tensor> { Ok(y.reshape(&[b, t, h, dh])?.permute(&[0, 2, 1, 3])?) };
+        let heads = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape(&[b, t, h, dh])?.permute(&[0, 2, 1, 3])?)
+        };
         let q = heads(self.q.forward(x)?.mul_scalar(1.0 / (dh as f64).sqrt())?)?;
         let k = heads(self.k.forward(x)?)?;
         let v = heads(self.v.forward(x)?)?;
-        let scores = q.matmul(&k.transpose(2, 3)?)?.add(&self.mask(t, x.dtype())?)?;
+        let scores = q
+            .matmul(&k.transpose(2, 3)?)?
+            .add(&self.mask(t, x.dtype())?)?;
         let p = scores.softmax(3)?;
         if self.record.load(Ordering::Relaxed) {
             *self.entropy.lock().expect("entropy lock poisoned") = mean_entropy_per_head(&p)?;
@@ -230,7 +255,10 @@ impl CausalSelfAttention {
         // ‖Wq_hᵀ Wk_h‖₂ per head, Wq_h = rows h·dh..(h+1)·dh of the [d, d] weight.
         let qk_norm: Vec<f64> = (0..h)
             .map(|i| {
-                let (q, k) = (&wq[i * dh * d..(i + 1) * dh * d], &wk[i * dh * d..(i + 1) * dh * d]);
+                let (q, k) = (
+                    &wq[i * dh * d..(i + 1) * dh * d],
+                    &wk[i * dh * d..(i + 1) * dh * d],
+                );
                 // M = qᵀ k; MᵀM v = kᵀ q qᵀ k v.
                 top_eigenvalue(d, |v| {
                     let kv = matvec(k, dh, d, v);
@@ -257,7 +285,12 @@ impl CausalSelfAttention {
 
     /// The projections in order `q`, `k`, `v`, `proj`, with their names.
     pub fn linears(&self) -> [(&'static str, &LinearLayer); 4] {
-        [("q", &self.q), ("k", &self.k), ("v", &self.v), ("proj", &self.proj)]
+        [
+            ("q", &self.q),
+            ("k", &self.k),
+            ("v", &self.v),
+            ("proj", &self.proj),
+        ]
     }
 }
 
@@ -309,7 +342,14 @@ mod tests {
     fn forward_is_causal_and_records_entropy_below_the_bound() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let attn = CausalSelfAttention::new(8, 2, 0.0, |i, o| {
-            LinearLayer::new(LinearKind::Plain, i, o, true, DType::F64, &mut rand_chacha::ChaCha8Rng::seed_from_u64((i * 31 + o) as u64))
+            LinearLayer::new(
+                LinearKind::Plain,
+                i,
+                o,
+                true,
+                DType::F64,
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64((i * 31 + o) as u64),
+            )
         })
         .unwrap();
         let x = Tensor::randn(&[2, 5, 8], 0.0, 1.0, DType::F64, &mut rng);

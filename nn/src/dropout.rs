@@ -18,7 +18,9 @@ impl Dropout {
     /// Dropout with probability `p`; errors unless `0 ≤ p < 1`.
     pub fn new(p: f64) -> Result<Self> {
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::Config(format!("dropout probability must be in [0, 1), got {p}")));
+            return Err(Error::Config(format!(
+                "dropout probability must be in [0, 1), got {p}"
+            )));
         }
         Ok(Dropout {
             p,

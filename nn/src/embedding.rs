@@ -21,7 +21,8 @@ impl Embedding {
         dtype: DType,
         rng: &mut impl rand::Rng,
     ) -> Result<Self> {
-        let weight = Tensor::randn(&[num_embeddings, dim], 0.0, std, dtype, rng).requires_grad_(true)?;
+        let weight =
+            Tensor::randn(&[num_embeddings, dim], 0.0, std, dtype, rng).requires_grad_(true)?;
         Ok(Embedding { weight })
     }
 

@@ -46,4 +46,3 @@ impl Module for Mlp {
         self.proj.set_training(training);
     }
 }
-

@@ -78,7 +78,8 @@ impl Block {
     pub fn new(config: &GptConfig, dtype: DType, rng: &mut impl rand::Rng) -> Result<Self> {
         let kind = config.linear_kind();
         let mut make = |i, o| LinearLayer::new(kind, i, o, true, dtype, rng);
-        let attn = CausalSelfAttention::new(config.d_model, config.n_heads, config.dropout, &mut make)?;
+        let attn =
+            CausalSelfAttention::new(config.d_model, config.n_heads, config.dropout, &mut make)?;
         let mlp = Mlp::new(config.d_model, 4 * config.d_model, &mut make)?;
         let ln = || -> Result<Option<LayerNorm>> {
             Ok(match config.norm {
@@ -143,7 +144,12 @@ impl Block {
             .into_iter()
             .map(|(n, l)| (format!("attn.{n}"), l))
             .collect();
-        out.extend(self.mlp.linears().into_iter().map(|(n, l)| (format!("mlp.{n}"), l)));
+        out.extend(
+            self.mlp
+                .linears()
+                .into_iter()
+                .map(|(n, l)| (format!("mlp.{n}"), l)),
+        );
         out
     }
 }
@@ -190,8 +196,20 @@ impl Gpt {
         if config.vocab_size == 0 || config.block_size == 0 || config.d_model == 0 {
             return Err(Error::Config(format!("invalid model size {config:?}")));
         }
-        let tok_emb = Embedding::new(config.vocab_size, config.d_model, config.emb_std, dtype, rng)?;
-        let pos_emb = Embedding::new(config.block_size, config.d_model, config.emb_std, dtype, rng)?;
+        let tok_emb = Embedding::new(
+            config.vocab_size,
+            config.d_model,
+            config.emb_std,
+            dtype,
+            rng,
+        )?;
+        let pos_emb = Embedding::new(
+            config.block_size,
+            config.d_model,
+            config.emb_std,
+            dtype,
+            rng,
+        )?;
         let blocks = (0..config.n_layers)
             .map(|_| Block::new(&config, dtype, rng))
             .collect::<Result<Vec<_>>>()?;
@@ -199,7 +217,14 @@ impl Gpt {
             NormPlacement::Pre => Some(LayerNorm::new(config.d_model, 1e-5, dtype)?),
             _ => None,
         };
-        let head = LinearLayer::new(config.linear_kind(), config.d_model, config.vocab_size, true, dtype, rng)?;
+        let head = LinearLayer::new(
+            config.linear_kind(),
+            config.d_model,
+            config.vocab_size,
+            true,
+            dtype,
+            rng,
+        )?;
         Ok(Gpt {
             config,
             tok_emb,
@@ -218,7 +243,13 @@ impl Gpt {
 
     /// Logits `[batch, t, vocab]` for ids `[batch, t]` (row-major in `ids`). Errors when
     /// `t` exceeds `block_size`, `ids.len() ≠ batch·t` or an id is out of range.
-    pub fn forward(&self, ids: &[usize], batch: usize, t: usize, rng: &mut impl rand::Rng) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ids: &[usize],
+        batch: usize,
+        t: usize,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Tensor> {
         if t == 0 || t > self.config.block_size {
             return Err(Error::Config(format!(
                 "sequence length {t} must be in 1..={} (the model's block size)",
@@ -263,7 +294,11 @@ impl Gpt {
             .blocks
             .iter()
             .enumerate()
-            .flat_map(|(i, b)| b.linears().into_iter().map(move |(n, l)| (format!("blocks.{i}.{n}"), l)))
+            .flat_map(|(i, b)| {
+                b.linears()
+                    .into_iter()
+                    .map(move |(n, l)| (format!("blocks.{i}.{n}"), l))
+            })
             .collect();
         out.push(("head".into(), &self.head));
         out
@@ -271,7 +306,9 @@ impl Gpt {
 
     /// Turn attention-entropy recording on or off in every block.
     pub fn set_record_entropy(&self, on: bool) {
-        self.blocks.iter().for_each(|b| b.attention().set_record(on));
+        self.blocks
+            .iter()
+            .for_each(|b| b.attention().set_record(on));
     }
 }
 

@@ -123,6 +123,49 @@ pub struct RunConfig {
     pub temperature: f64,
 }
 
+impl RunConfig {
+    /// The defaults of the `lm` command for `variant` (its recipe of learning rate, warmup
+    /// and γ learning-rate scale; d_model 256, 4 layers, 4 heads, 1500 steps of 16 × 128)
+    /// on the text at `data`.
+    pub fn defaults(variant: Variant, data: PathBuf) -> RunConfig {
+        let (lr, warmup, gamma_lr_scale) = variant.recipe();
+        RunConfig {
+            variant,
+            lr,
+            min_lr_ratio: 0.1,
+            warmup,
+            gamma_lr_scale,
+            gamma_one: false,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            steps: 1500,
+            batch_size: 16,
+            seq_len: 128,
+            d_model: 256,
+            n_layers: 4,
+            n_heads: 4,
+            dropout: 0.0,
+            emb_std: 1.0,
+            residual_scale: 1.0,
+            seed: 0,
+            data,
+            val_fraction: 0.1,
+            log_every: 10,
+            eval_every: 100,
+            eval_batches: 10,
+            checkpoint_every: 250,
+            sample_chars: 600,
+            temperature: 0.8,
+        }
+    }
+
+    /// The same configuration training on `data`.
+    pub fn with_data(mut self, data: &Path) -> RunConfig {
+        self.data = data.to_path_buf();
+        self
+    }
+}
+
 /// What a finished (or stopped) run reports.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -206,7 +249,11 @@ fn ensure_data(path: &Path, fetch: bool, verbose: bool) -> Result<()> {
         });
     }
     if verbose {
-        eprintln!("{} is missing; fetching it with {}", path.display(), script.display());
+        eprintln!(
+            "{} is missing; fetching it with {}",
+            path.display(),
+            script.display()
+        );
     }
     let status = std::process::Command::new("bash")
         .arg(&script)
@@ -227,7 +274,10 @@ fn ensure_data(path: &Path, fetch: bool, verbose: bool) -> Result<()> {
 
 impl Trainer {
     fn new(cfg: RunConfig, vocab: Option<Vocab>, verbose: bool) -> Result<Trainer> {
-        let text = load_text(&cfg.data, &format!("bash scripts/fetch-shakespeare.sh {}", cfg.data.display()))?;
+        let text = load_text(
+            &cfg.data,
+            &format!("bash scripts/fetch-shakespeare.sh {}", cfg.data.display()),
+        )?;
         let mut data = TextData::split(&text, cfg.val_fraction, cfg.seq_len + 2)?;
         if let Some(v) = vocab {
             // A resumed run keeps the vocabulary it was trained with.
@@ -247,7 +297,10 @@ impl Trainer {
                 data.val.len(),
                 data.vocab.len(),
                 if data.val_unknown > 0 {
-                    format!(", {} unseen validation characters dropped", data.val_unknown)
+                    format!(
+                        ", {} unseen validation characters dropped",
+                        data.val_unknown
+                    )
                 } else {
                     String::new()
                 }
@@ -345,7 +398,8 @@ impl Trainer {
                 .map_err(|e| Error::Data(format!("checkpoint RNG state {s:?}: {e}")))
         };
         self.batch_rng.set_word_pos(pos(&state.batch_rng_word_pos)?);
-        self.dropout_rng.set_word_pos(pos(&state.dropout_rng_word_pos)?);
+        self.dropout_rng
+            .set_word_pos(pos(&state.dropout_rng_word_pos)?);
         Ok(())
     }
 
@@ -356,7 +410,10 @@ impl Trainer {
         let (b, t) = (self.cfg.batch_size, self.cfg.seq_len);
         let mut total = 0.0;
         for batch in &self.eval {
-            let loss = no_grad(|| self.model.loss(&batch.inputs, &batch.targets, b, t, &mut self.dropout_rng))?;
+            let loss = no_grad(|| {
+                self.model
+                    .loss(&batch.inputs, &batch.targets, b, t, &mut self.dropout_rng)
+            })?;
             total += loss.item()?;
         }
         self.model.train();
@@ -418,7 +475,10 @@ impl Trainer {
             let all = logits.to_vec_f64()?;
             let last = &all[(ctx.len() - 1) * v..ctx.len() * v];
             let m = last.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let w: Vec<f64> = last.iter().map(|x| ((x - m) / self.cfg.temperature).exp()).collect();
+            let w: Vec<f64> = last
+                .iter()
+                .map(|x| ((x - m) / self.cfg.temperature).exp())
+                .collect();
             let mut r = rng.gen::<f64>() * w.iter().sum::<f64>();
             let mut next = v - 1;
             for (i, wi) in w.iter().enumerate() {
@@ -451,8 +511,12 @@ pub fn run(cfg: Option<RunConfig>, opts: &RunOptions) -> Result<RunSummary> {
     let metrics_path = opts.out.join(METRICS_FILE);
     let (mut tr, start, mut log) = if opts.resume {
         let ckpt = Checkpoint::load(&ckpt_path).map_err(nn::Error::from)?;
-        let state: SavedState = serde_json::from_str(&ckpt.config)
-            .map_err(|e| Error::Data(format!("checkpoint {} has a bad config: {e}", ckpt_path.display())))?;
+        let state: SavedState = serde_json::from_str(&ckpt.config).map_err(|e| {
+            Error::Data(format!(
+                "checkpoint {} has a bad config: {e}",
+                ckpt_path.display()
+            ))
+        })?;
         let vocab = Vocab::from_chars(state.vocab.chars().collect());
         let mut tr = Trainer::new(state.config.clone(), Some(vocab), opts.verbose)?;
         tr.restore(&ckpt, &state)?;
@@ -510,7 +574,9 @@ pub fn run(cfg: Option<RunConfig>, opts: &RunOptions) -> Result<RunSummary> {
         let eval_now = done % cfg.eval_every == 0 || done == cfg.steps;
         tr.model.set_record_entropy(log_now);
         let batch = random_batch(&tr.data.train, b, t, &mut tr.batch_rng);
-        let loss = tr.model.loss(&batch.inputs, &batch.targets, b, t, &mut tr.dropout_rng)?;
+        let loss = tr
+            .model
+            .loss(&batch.inputs, &batch.targets, b, t, &mut tr.dropout_rng)?;
         let loss_v = loss.item()?;
         if !loss_v.is_finite() {
             return Err(Error::NonFinite {
@@ -529,7 +595,11 @@ pub fn run(cfg: Option<RunConfig>, opts: &RunOptions) -> Result<RunSummary> {
                 checkpoint: ckpt_path.clone(),
             });
         }
-        let diag = if log_now { Some(tr.diagnostics()?) } else { None };
+        let diag = if log_now {
+            Some(tr.diagnostics()?)
+        } else {
+            None
+        };
         tr.opt.step()?;
         tr.opt.zero_grad();
         last_loss = loss_v;
@@ -552,7 +622,9 @@ pub fn run(cfg: Option<RunConfig>, opts: &RunOptions) -> Result<RunSummary> {
             log.append(&rec)?;
         }
         if done % cfg.checkpoint_every == 0 || done == end {
-            tr.checkpoint(done)?.save(&ckpt_path).map_err(nn::Error::from)?;
+            tr.checkpoint(done)?
+                .save(&ckpt_path)
+                .map_err(nn::Error::from)?;
         }
         let tps = ((done - start) * b * t) as f64 / t0.elapsed().as_secs_f64();
         bar.set_message(format!("loss {loss_v:.4} | {tps:.0} tok/s"));
@@ -565,9 +637,13 @@ pub fn run(cfg: Option<RunConfig>, opts: &RunOptions) -> Result<RunSummary> {
     if end == cfg.steps {
         if cfg.sample_chars > 0 {
             sample = tr.sample("\n", cfg.sample_chars, &mut seeded(cfg.seed, 3))?;
-            std::fs::write(opts.out.join("sample.txt"), &sample).map_err(io(&opts.out.join("sample.txt")))?;
+            std::fs::write(opts.out.join("sample.txt"), &sample)
+                .map_err(io(&opts.out.join("sample.txt")))?;
             if opts.verbose {
-                println!("--- sample ({} characters) ---\n{sample}\n---", cfg.sample_chars);
+                println!(
+                    "--- sample ({} characters) ---\n{sample}\n---",
+                    cfg.sample_chars
+                );
             }
         }
         if opts.plots {
@@ -579,7 +655,8 @@ pub fn run(cfg: Option<RunConfig>, opts: &RunOptions) -> Result<RunSummary> {
         "train_loss": last_loss, "val_loss": last_val,
         "threads": rayon::current_num_threads(),
     });
-    std::fs::write(opts.out.join("summary.json"), summary.to_string()).map_err(io(&opts.out.join("summary.json")))?;
+    std::fs::write(opts.out.join("summary.json"), summary.to_string())
+        .map_err(io(&opts.out.join("summary.json")))?;
     if opts.verbose {
         eprintln!(
             "done: {end} steps in {seconds:.0} s ({tokens_per_sec:.0} tok/s), train loss {last_loss:.4}{}; outputs in {}",
@@ -638,8 +715,18 @@ pub fn write_plots(out: &Path) -> Result<()> {
     };
     let mut ent = Vec::new();
     for l in 0..n_layers {
-        ent.push(series(format!("layer {l}"), layer_pts("entropy_layer", l), l, false));
-        ent.push(series(format!("layer {l} bound"), layer_pts("entropy_bound_layer", l), l, true));
+        ent.push(series(
+            format!("layer {l}"),
+            layer_pts("entropy_layer", l),
+            l,
+            false,
+        ));
+        ent.push(series(
+            format!("layer {l} bound"),
+            layer_pts("entropy_bound_layer", l),
+            l,
+            true,
+        ));
     }
     line_chart(
         &out.join("entropy.svg"),
@@ -651,7 +738,11 @@ pub fn write_plots(out: &Path) -> Result<()> {
     // Query and key projections per layer (they set the attention logits) and the head.
     let names: Vec<String> = recs
         .last()
-        .and_then(|r| r["sigma"].as_object().map(|m| m.keys().cloned().collect()))
+        .and_then(|r| {
+            r["sigma"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect::<Vec<String>>())
+        })
         .unwrap_or_default()
         .into_iter()
         .filter(|n: &String| n.ends_with("attn.q") || n.ends_with("attn.k") || n == "head")

@@ -28,15 +28,19 @@ impl MetricsLog {
 
     /// Continue the log at `path` after a resume: records whose `"step"` is above
     /// `last_step` (written after the checkpoint being resumed) are dropped, so the resumed
-    /// run rewrites them exactly once.
+    /// run rewrites them exactly once. Kept records are copied byte for byte.
     pub fn resume(path: &Path, last_step: u64) -> Result<MetricsLog> {
-        let kept: Vec<Value> = read_records(path)?
+        let kept: Vec<String> = read_lines(path)?
             .into_iter()
-            .filter(|r| r["step"].as_u64().is_some_and(|s| s <= last_step))
+            .filter(|(_, r)| r["step"].as_u64().is_some_and(|s| s <= last_step))
+            .map(|(line, _)| line)
             .collect();
         let mut log = MetricsLog::create(path)?;
-        for r in &kept {
-            log.append(r)?;
+        for line in &kept {
+            writeln!(log.file, "{line}").map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
         Ok(log)
     }
@@ -55,6 +59,11 @@ impl MetricsLog {
 /// All records of a `.jsonl` file (a missing file has none). A line that is not valid JSON
 /// — typically the last one of a run killed mid-write — ends the list.
 pub fn read_records(path: &Path) -> Result<Vec<Value>> {
+    Ok(read_lines(path)?.into_iter().map(|(_, v)| v).collect())
+}
+
+/// The lines of a `.jsonl` file with their parsed values, up to the first invalid line.
+fn read_lines(path: &Path) -> Result<Vec<(String, Value)>> {
     let file = match OpenOptions::new().read(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -72,7 +81,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Value>> {
             source,
         })?;
         match serde_json::from_str(&line) {
-            Ok(v) => out.push(v),
+            Ok(v) => out.push((line, v)),
             Err(_) => break,
         }
     }
