@@ -51,7 +51,7 @@ impl Unary {
             Unary::GeluTanh => {
                 let (k, a, half) = (c(SQRT_2_OVER_PI), c(0.044715), c(0.5));
                 map(x, |v| {
-                    half * v * (T::one() + (k * (v + a * v * v * v)).tanh())
+                    half * v * (T::one() + tanh_via_exp(k * (v + a * v * v * v)))
                 })
             }
             Unary::GeluErf => {
@@ -79,7 +79,7 @@ impl Unary {
             Unary::Relu => &|x, _| if x > T::zero() { one } else { T::zero() },
             Unary::GeluTanh => &|x, _| {
                 let (k, a) = (c(SQRT_2_OVER_PI), c(0.044715));
-                let t = (k * (x + a * x * x * x)).tanh();
+                let t = tanh_via_exp(k * (x + a * x * x * x));
                 c(0.5) * (one + t) + c(0.5) * x * (one - t * t) * k * (one + c(3.0) * a * x * x)
             },
             Unary::GeluErf => &|x, _| {
@@ -97,6 +97,14 @@ impl Unary {
         });
         out
     }
+}
+
+/// `tanh(v) = 1 − 2/(e^{2v} + 1)`: one `exp` instead of libm's `tanh` (which goes through
+/// `expm1` and costs about three times as much); saturates to ±1 without overflow trouble.
+/// Absolute error below 1e-7 in `f32`, which GELU multiplies by `x/2`.
+fn tanh_via_exp<T: Float>(v: T) -> T {
+    let two = T::one() + T::one();
+    T::one() - two / ((two * v).exp() + T::one())
 }
 
 fn sigmoid<T: Float>(v: T) -> T {
