@@ -20,8 +20,8 @@
 //! Eval mode never modifies the state: `σ = vᵀ W u` is computed from the stored vectors.
 //! In both modes the gradient flows through `σ` into `W` (`∂σ/∂W = v uᵀ`).
 //!
-//! The op never forms `Ŵ`: the forward is one product `x Wᵀ` scaled in place, and the backward
-//! is analytic (with `G = ∂L/∂Ŵ = (∂L/∂y)ᵀ x` summed over all rows, `s = γ / max(σ, ε)`):
+//! The op never forms `Ŵ`: the forward is one product `x Wᵀ` scaled inside the product
+//! kernel, and the backward is analytic (with `G = ∂L/∂Ŵ = (∂L/∂y)ᵀ x` summed over all rows, `s = γ / max(σ, ε)`):
 //!
 //! ```text
 //! ∂L/∂γ = ⟨G, W⟩_F / max(σ, ε)
@@ -30,14 +30,12 @@
 //! ∂L/∂b = Σ_rows ∂L/∂y
 //! ```
 
-use crate::cpu::{fill_rows, gather};
+use crate::cpu::fill_rows;
 use crate::dtype::with_dtype;
-use crate::layout::Layout;
 use crate::storage::Storage;
 use crate::{no_grad, DType, Error, Float, Result, Tensor};
 use rand::SeedableRng;
 use rayon::prelude::*;
-use std::borrow::Cow;
 
 const OP: &str = "sigma_reparam_linear";
 
@@ -107,8 +105,8 @@ impl PowerIterState {
             let w = w.detach();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             let start = |n: usize, rng: &mut rand_chacha::ChaCha8Rng| {
-                let z = Tensor::randn(&[n, 1], 0.0, 1.0, w.dtype(), rng);
-                normalize_or_keep(&z, &z.reshape(&[n])?)
+                let z = Tensor::randn(&[n], 0.0, 1.0, w.dtype(), rng);
+                normalize_or_keep(&z.to_vec_f64()?, &z)
             };
             let mut u = start(inp, &mut rng)?.0;
             let mut v = start(out, &mut rng)?.0;
@@ -184,9 +182,8 @@ fn weight_dims(w: &Tensor) -> Result<(usize, usize)> {
 /// `(z / max(‖z‖₂, NORM_EPS), ‖z‖₂)` as a vector shaped like `prev`; when `z` is exactly zero
 /// (an all-zero weight) a copy of `prev` instead, so that the state never collapses to zero
 /// and recovers once the weight becomes non-zero.
-fn normalize_or_keep(z: &Tensor, prev: &Tensor) -> Result<(Tensor, f64)> {
-    let z = z.to_vec_f64()?;
-    let norm = z.iter().map(|a| a * a).sum::<f64>().sqrt();
+fn normalize_or_keep(z: &[f64], prev: &Tensor) -> Result<(Tensor, f64)> {
+    let norm = dot(z, z).sqrt();
     if norm == 0.0 {
         return Ok((prev.copy()?, 0.0));
     }
@@ -195,21 +192,46 @@ fn normalize_or_keep(z: &Tensor, prev: &Tensor) -> Result<(Tensor, f64)> {
     Ok((Tensor::from_f64s(&unit, prev.shape(), prev.dtype())?, norm))
 }
 
+/// `W z` for `z ∈ ℝ^{in}` or, with `transpose`, `Wᵀ z` for `z ∈ ℝ^{out}`, accumulated in `f64`
+/// in one pass over the weight's rows. (A matrix-vector product through the matmul kernel
+/// would first pack all of `W`, several times the cost of this pass.)
+fn weight_times(w: &Tensor, z: &[f64], transpose: bool) -> Result<Vec<f64>> {
+    let (out, inp) = weight_dims(w)?;
+    let w = w.contiguous()?;
+    with_dtype!(w.dtype(), T => w.with_cpu::<T, _>(OP, |data, l| {
+        let rows = data[l.contiguous_range().expect("contiguous")].chunks_exact(inp.max(1));
+        if transpose {
+            let mut acc = vec![0.0; inp];
+            for (row, &zi) in rows.zip(z) {
+                for (a, &wij) in acc.iter_mut().zip(row) {
+                    *a += zi * wij.to_f64_lossless();
+                }
+            }
+            acc
+        } else if inp == 0 {
+            vec![0.0; out]
+        } else {
+            rows.map(|row| dot(row, z)).collect()
+        }
+    }))
+}
+
 /// One training-mode power step from `(u, v)` on `w` (no graph: callers run under no_grad).
 fn power_step(w: &Tensor, u: &Tensor, v: &Tensor) -> Result<Step> {
-    let (out, inp) = weight_dims(w)?;
-    let (v, _) = normalize_or_keep(&w.matmul(&u.reshape(&[inp, 1])?)?, v)?;
-    let (u, norm) = normalize_or_keep(&w.t()?.matmul(&v.reshape(&[out, 1])?)?, u)?;
+    let (v, _) = normalize_or_keep(&weight_times(w, &u.to_vec_f64()?, false)?, v)?;
+    let (u, norm) = normalize_or_keep(&weight_times(w, &v.to_vec_f64()?, true)?, u)?;
     // σ = vᵀ W u_new = ‖Wᵀv‖² / max(‖Wᵀv‖, NORM_EPS), without another product with W (when
     // Wᵀv = 0 the kept u also gives vᵀ W u = 0).
     let sigma = norm * norm / norm.max(NORM_EPS);
     Ok(Step { u, v, sigma })
 }
 
-/// `vᵀ W u` for the stored vectors (no graph).
+/// `vᵀ W u` for the stored vectors.
 fn bilinear(w: &Tensor, u: &Tensor, v: &Tensor) -> Result<f64> {
-    let wu = w.matmul(&u.reshape(&[u.numel(), 1])?)?.to_vec_f64()?;
-    Ok(wu.iter().zip(v.to_vec_f64()?).map(|(a, b)| a * b).sum())
+    Ok(dot(
+        &weight_times(w, &u.to_vec_f64()?, false)?,
+        &v.to_vec_f64()?,
+    ))
 }
 
 /// Euclidean distance of two vectors of equal length.
@@ -222,33 +244,42 @@ fn distance(a: &Tensor, b: &Tensor) -> Result<f64> {
         .sqrt())
 }
 
-/// The data of a view, borrowed when dense, gathered otherwise.
-fn dense<'a, T: Float>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
-    match layout.contiguous_range() {
-        Some(r) => Cow::Borrowed(&data[r]),
-        None => Cow::Owned(gather(data, layout)),
+/// `Σ aᵢ·bᵢ` accumulated in `f64` over 8 lanes (vectorizable, fixed order).
+fn dot<A: Float, B: Float>(a: &[A], b: &[B]) -> f64 {
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut acc = [0.0f64; 8];
+    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[l] = x.to_f64_lossless() * y.to_f64_lossless();
     }
+    for (p, q) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += p[l].to_f64_lossless() * q[l].to_f64_lossless();
+        }
+    }
+    acc.iter().sum()
 }
 
-/// Frobenius inner product `⟨a, b⟩` of two tensors of equal shape, accumulated in `f64` over
-/// fixed-size chunks (the result does not depend on the thread count).
+/// Frobenius inner product `⟨a, b⟩` of two dense tensors of equal shape, in `f64` over
+/// fixed-size chunks combined in order (the result does not depend on the thread count).
 fn frobenius<T: Float>(a: &Tensor, b: &Tensor) -> Result<f64> {
+    const CHUNK: usize = 1 << 14;
     a.with_cpu::<T, _>(OP, |da, la| {
         b.with_cpu::<T, _>(OP, |db, lb| {
-            let (x, y) = (dense(da, la), dense(db, lb));
+            let dense = "frobenius needs dense operands";
+            let x = &da[la
+                .contiguous_range()
+                .ok_or_else(|| Error::invalid(OP, dense))?];
+            let y = &db[lb
+                .contiguous_range()
+                .ok_or_else(|| Error::invalid(OP, dense))?];
             let parts: Vec<f64> = x
-                .par_chunks(1 << 14)
-                .zip(y.par_chunks(1 << 14))
-                .map(|(p, q)| {
-                    p.iter()
-                        .zip(q)
-                        .map(|(&s, &t)| s.to_f64_lossless() * t.to_f64_lossless())
-                        .sum()
-                })
+                .par_chunks(CHUNK)
+                .zip(y.par_chunks(CHUNK))
+                .map(|(p, q)| dot(p, q))
                 .collect();
-            parts.into_iter().sum()
+            Ok(parts.into_iter().sum())
         })
-    })?
+    })??
 }
 
 /// Apply `f(row_index, row)` to every row (innermost dimension) of `t` in place. `t` must be
@@ -348,21 +379,17 @@ pub fn sigma_reparam_linear(
         };
         let scale = gamma.item()? / step.sigma.max(SIGMA_EPS);
         let x2 = x.detach().reshape(&[rows, inp])?;
-        let z = x2.matmul(&wd.t()?)?;
-        with_dtype!(dtype, T => {
-            let s = T::from_f64_lossy(scale);
-            match bias {
-                Some(b) => {
-                    let b = b.to_vec::<T>()?;
-                    rows_in_place::<T>(&z, |_, row| {
-                        for (y, &bj) in row.iter_mut().zip(&b) {
-                            *y = *y * s + bj;
-                        }
-                    })?
-                }
-                None => rows_in_place::<T>(&z, |_, row| row.iter_mut().for_each(|y| *y *= s))?,
-            }
-        });
+        let z = x2.matmul_scaled(&wd.t()?, scale)?;
+        if let Some(b) = bias {
+            with_dtype!(dtype, T => {
+                let b = b.to_vec::<T>()?;
+                rows_in_place::<T>(&z, |_, row| {
+                    for (y, &bj) in row.iter_mut().zip(&b) {
+                        *y += bj;
+                    }
+                })?
+            });
+        }
         let node = Node {
             x2,
             w: wd,
@@ -409,47 +436,53 @@ impl Node {
         let (rows, out) = (self.x2.shape()[0], self.w.shape()[0]);
         let g2 = g.reshape(&[rows, out])?;
         let dtype = self.w.dtype();
-        with_dtype!(dtype, T => {
-            let s = T::from_f64_lossy(self.scale);
-            let dx = if need_x {
-                // ∂L/∂x = s·(∂L/∂y) W
-                let dx = g2.matmul(&self.w)?;
-                rows_in_place::<T>(&dx, |_, row| row.iter_mut().for_each(|a| *a *= s))?;
-                Some(dx.reshape(&self.x_shape)?)
-            } else {
-                None
-            };
-            let (mut dw, mut dgamma) = (None, None);
-            if need_w || need_gamma {
-                // G = (∂L/∂y)ᵀ x, summed over rows by the product.
-                let gm = g2.t()?.matmul(&self.x2)?;
-                let d_gamma = frobenius::<T>(&gm, &self.w)? / self.step.sigma.max(SIGMA_EPS);
-                if need_w {
-                    // ∂L/∂W = s·(G − (∂L/∂γ)·v uᵀ), in place on G; below the clamp σ is
-                    // not differentiated.
-                    let c = if self.step.sigma > SIGMA_EPS {
-                        T::from_f64_lossy(d_gamma)
-                    } else {
-                        T::from_f64_lossy(0.0)
-                    };
+        // ∂L/∂x = s·(∂L/∂y) W
+        let dx = match need_x {
+            true => Some(
+                g2.matmul_scaled(&self.w, self.scale)?
+                    .reshape(&self.x_shape)?,
+            ),
+            false => None,
+        };
+        let (mut dw, mut dgamma) = (None, None);
+        if need_w || need_gamma {
+            // G = (∂L/∂y)ᵀ x, summed over rows by the product.
+            let gm = g2.t()?.matmul(&self.x2)?;
+            let w = self.w.contiguous()?;
+            let d_gamma =
+                with_dtype!(dtype, T => frobenius::<T>(&gm, &w)?) / self.step.sigma.max(SIGMA_EPS);
+            if need_w {
+                // ∂L/∂W = s·(G − (∂L/∂γ)·v uᵀ), in place on G; below the clamp σ is not
+                // differentiated.
+                let c = if self.step.sigma > SIGMA_EPS {
+                    d_gamma
+                } else {
+                    0.0
+                };
+                with_dtype!(dtype, T => {
+                    let (s, c) = (T::from_f64_lossy(self.scale), T::from_f64_lossy(c));
                     let (u, v) = (self.step.u.to_vec::<T>()?, self.step.v.to_vec::<T>()?);
                     rows_in_place::<T>(&gm, |i, row| {
                         let cv = c * v[i];
-                        for (a, &uj) in row.iter_mut().zip(&u) {
-                            *a = s * (*a - cv * uj);
+                        for (g, &uj) in row.iter_mut().zip(&u) {
+                            *g = s * (*g - cv * uj);
                         }
                     })?;
-                    dw = Some(gm);
-                }
-                if need_gamma {
-                    dgamma = Some(Tensor::full(&self.gamma_shape, d_gamma, dtype));
-                }
+                });
+                dw = Some(gm);
             }
-            let mut grads = vec![dx, dw, dgamma];
-            if self.has_bias {
-                grads.push(if need_b { Some(g2.sum(&[0], false)?) } else { None });
+            if need_gamma {
+                dgamma = Some(Tensor::full(&self.gamma_shape, d_gamma, dtype));
             }
-            Ok(grads)
-        })
+        }
+        let mut grads = vec![dx, dw, dgamma];
+        if self.has_bias {
+            grads.push(if need_b {
+                Some(g2.sum(&[0], false)?)
+            } else {
+                None
+            });
+        }
+        Ok(grads)
     }
 }
