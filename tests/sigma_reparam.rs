@@ -806,3 +806,72 @@ fn zero_rows_and_bad_inputs() {
         "{e}"
     );
 }
+
+#[test]
+fn large_layer_matches_reference_across_threads() {
+    // Wide enough that the products split across threads (by rows, and by columns for the
+    // wide weight gradient G [out, in]).
+    let (rows, inp, out) = (96, 300, 40);
+    let mut r = rng(31);
+    let xv = vals(&Tensor::randn(&[rows, inp], 0.0, 1.0, DType::F64, &mut r));
+    let wv = vals(&Tensor::randn(&[out, inp], 0.0, 0.1, DType::F64, &mut r));
+    let bv = vals(&Tensor::randn(&[out], 0.0, 1.0, DType::F64, &mut r));
+    let rv = vals(&Tensor::randn(&[rows, out], 0.0, 1.0, DType::F64, &mut r));
+    let gamma = 0.8;
+    let state = PowerIterState::init(&t(&wv, &[out, inp]), 1e-12, 5000).unwrap();
+    let (u, v) = (vals(state.u()), vals(state.v()));
+    let sigma: f64 = (0..out)
+        .map(|i| v[i] * (0..inp).map(|j| wv[i * inp + j] * u[j]).sum::<f64>())
+        .sum();
+    let s = gamma / sigma;
+    // Reference in plain f64 loops: y, G = rᵀx, and the §2 gradients.
+    let z = |k: usize, i: usize| {
+        (0..inp)
+            .map(|j| xv[k * inp + j] * wv[i * inp + j])
+            .sum::<f64>()
+    };
+    let want_y: Vec<f64> = (0..rows * out)
+        .map(|e| s * z(e / out, e % out) + bv[e % out])
+        .collect();
+    let g: Vec<f64> = (0..out * inp)
+        .map(|e| {
+            (0..rows)
+                .map(|k| rv[k * out + e / inp] * xv[k * inp + e % inp])
+                .sum()
+        })
+        .collect();
+    let d_gamma = g.iter().zip(&wv).map(|(a, b)| a * b).sum::<f64>() / sigma;
+    let want_dw: Vec<f64> = (0..out * inp)
+        .map(|e| s * (g[e] - d_gamma * v[e / inp] * u[e % inp]))
+        .collect();
+    let want_dx: Vec<f64> = (0..rows * inp)
+        .map(|e| {
+            s * (0..out)
+                .map(|i| rv[(e / inp) * out + i] * wv[i * inp + e % inp])
+                .sum::<f64>()
+        })
+        .collect();
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (x, w, b) = (
+                leaf(&xv, &[rows, inp]),
+                leaf(&wv, &[out, inp]),
+                leaf(&bv, &[out]),
+            );
+            let gm = leaf(&[gamma], &[1]);
+            let y = sigma_reparam_linear(&x, &w, &gm, Some(&b), &state, false).unwrap();
+            assert_close(&vals(&y), &want_y, 1e-11);
+            project(&y, &t(&rv, &[rows, out])).backward().unwrap();
+            assert_close(&grad(&w), &want_dw, 1e-11);
+            assert_close(&grad(&x), &want_dx, 1e-11);
+            assert_close(&grad(&gm), &[d_gamma], 1e-11);
+            let plain = x.matmul(&w.t().unwrap()).unwrap();
+            let want_z: Vec<f64> = (0..rows * out).map(|e| z(e / out, e % out)).collect();
+            assert_close(&vals(&plain), &want_z, 1e-11);
+        });
+    }
+}
