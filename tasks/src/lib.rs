@@ -1,4 +1,5 @@
 //! Shared pieces of the task binaries: text data, JSONL metrics, SVG plots.
+pub mod lm;
 pub mod metrics;
 pub mod plot;
 pub mod text;

@@ -1,9 +1,9 @@
 //! End-to-end checks of the `lm` trainer on a slice of real text (the first 100,000
 //! characters of the Shakespeare corpus, in `tests/data`).
 
+use nn::Checkpoint;
 use std::path::{Path, PathBuf};
 use tasks::lm::{run, RunConfig, RunOptions, Variant, CHECKPOINT_FILE, METRICS_FILE};
-use nn::Checkpoint;
 use tasks::Error;
 
 fn slice() -> PathBuf {
