@@ -154,7 +154,7 @@ impl CausalSelfAttention {
         dropout: f64,
         mut make: impl FnMut(usize, usize) -> Result<LinearLayer>,
     ) -> Result<Self> {
-        if n_heads == 0 || d_model % n_heads != 0 {
+        if n_heads == 0 || !d_model.is_multiple_of(n_heads) {
             return Err(crate::Error::Config(format!(
                 "d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})"
             )));

@@ -219,11 +219,12 @@ impl AdamW {
     /// outside `[0, 1)` or a negative `eps`.
     pub fn new(groups: Vec<ParamGroup>, config: AdamWConfig) -> Result<Self> {
         let (b1, b2) = config.betas;
-        if !(config.lr.is_finite() && config.lr >= 0.0)
-            || !(0.0..1.0).contains(&b1)
-            || !(0.0..1.0).contains(&b2)
-            || !(config.eps >= 0.0)
-        {
+        let valid = config.lr.is_finite()
+            && config.lr >= 0.0
+            && (0.0..1.0).contains(&b1)
+            && (0.0..1.0).contains(&b2)
+            && config.eps >= 0.0;
+        if !valid {
             return Err(Error::Config(format!("AdamW: invalid {config:?}")));
         }
         let n = groups.iter().map(|g| g.params.len()).sum();
@@ -328,10 +329,12 @@ impl Sgd {
     /// An optimizer over `groups`. Errors on a negative or non-finite learning rate or
     /// momentum, or Nesterov without momentum or with dampening.
     pub fn new(groups: Vec<ParamGroup>, config: SgdConfig) -> Result<Self> {
-        if !(config.lr.is_finite() && config.lr >= 0.0)
-            || !(config.momentum.is_finite() && config.momentum >= 0.0)
-            || (config.nesterov && (config.momentum == 0.0 || config.dampening != 0.0))
-        {
+        let valid = config.lr.is_finite()
+            && config.lr >= 0.0
+            && config.momentum.is_finite()
+            && config.momentum >= 0.0
+            && (!config.nesterov || (config.momentum > 0.0 && config.dampening == 0.0));
+        if !valid {
             return Err(Error::Config(format!("SGD: invalid {config:?}")));
         }
         let n = groups.iter().map(|g| g.params.len()).sum();
