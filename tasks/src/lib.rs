@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The data file does not exist.
-    #[error("data file {path} not found; create it with:\n    {hint}")]
+    #[error("data file {path} not found; {hint}")]
     DataMissing { path: PathBuf, hint: String },
     /// The data file is not UTF-8 text.
     #[error("{path} is not valid UTF-8 text (first invalid byte at byte {offset}); pass a UTF-8 text file")]

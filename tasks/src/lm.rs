@@ -234,12 +234,15 @@ fn ensure_data(path: &Path, fetch: bool, verbose: bool) -> Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-shakespeare.sh");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
+    let script = root.join("scripts/fetch-shakespeare.sh");
     let command = format!("bash {} {}", script.display(), path.display());
     let is_default = path == Path::new(DEFAULT_DATA) || path.ends_with(DEFAULT_DATA);
     if !(fetch && is_default && script.exists()) {
         let hint = if is_default {
-            command
+            format!("fetch it with:\n    {command}")
         } else {
             format!("pass an existing UTF-8 text file with --data, or fetch Shakespeare with: {command}")
         };
@@ -276,7 +279,10 @@ impl Trainer {
     fn new(cfg: RunConfig, vocab: Option<Vocab>, verbose: bool) -> Result<Trainer> {
         let text = load_text(
             &cfg.data,
-            &format!("bash scripts/fetch-shakespeare.sh {}", cfg.data.display()),
+            &format!(
+                "pass an existing UTF-8 text file, or fetch Shakespeare with: bash scripts/fetch-shakespeare.sh {}",
+                cfg.data.display()
+            ),
         )?;
         let mut data = TextData::split(&text, cfg.val_fraction, cfg.seq_len + 2)?;
         if let Some(v) = vocab {
