@@ -616,11 +616,17 @@ pub fn run(cfg: Option<RunConfig>, opts: &RunOptions) -> Result<RunSummary> {
                 last_val = Some(v);
                 rec["val_loss"] = json!(v);
                 rec["val_bpc"] = json!(v / std::f64::consts::LN_2);
-                bar.println(format!(
+                let line = format!(
                     "step {done:>6}  train {loss_v:.4}  val {v:.4} nats ({:.3} bits/char)  {:.0} tok/s",
                     v / std::f64::consts::LN_2,
                     ((done - start) * b * t) as f64 / t0.elapsed().as_secs_f64()
-                ));
+                );
+                // A hidden bar (output not a terminal) drops println; keep the line.
+                if opts.verbose && bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
             }
             if let (Value::Object(r), Value::Object(d)) = (&mut rec, diag) {
                 r.extend(d);
