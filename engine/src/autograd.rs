@@ -37,6 +37,28 @@ impl GradFn {
     }
 }
 
+impl Drop for GradFn {
+    /// Free the graph behind this node without recursion: a chain of N recorded ops would
+    /// otherwise drop N nested `Arc`s and overflow the stack for long chains (an unrolled
+    /// RNN, a loss that is never back-propagated). Inputs this node owns the last reference
+    /// to are unlinked from their own nodes first, with an explicit work list.
+    fn drop(&mut self) {
+        let mut pending: Vec<Tensor> = self.inputs.drain(..).collect();
+        while let Some(t) = pending.pop() {
+            let Ok(inner) = std::sync::Arc::try_unwrap(t.0) else {
+                continue; // still shared: only the count drops
+            };
+            let gf = inner
+                .grad_fn
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(Ok(mut gf)) = gf.map(std::sync::Arc::try_unwrap) {
+                pending.extend(gf.inputs.drain(..));
+            }
+        }
+    }
+}
+
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
 }
