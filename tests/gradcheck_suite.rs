@@ -1242,3 +1242,97 @@ fn gradients_keep_views_separate() {
     }
     assert_eq!(grad_vec(&x), want.to_vec());
 }
+
+// ----- large tensors (parallel kernels) and deep graphs ------------------------------------
+
+#[test]
+fn large_tensors_match_naive_values() {
+    // Big enough for the multithreaded paths of the elementwise, reduction, softmax and
+    // matmul kernels; checked against plain loops.
+    let mut r = rng(21);
+    let (m, n) = (300, 257);
+    let x = values(&mut r, &[n, m], Domain::Any);
+    let xt = x.t().unwrap(); // [m, n], strided
+    let xv = x.to_vec::<f64>().unwrap();
+    let at = |i: usize, j: usize| xv[j * m + i]; // xt[i][j]
+    let bias = values(&mut r, &[n], Domain::Any);
+    let bv = bias.to_vec::<f64>().unwrap();
+
+    let s = xt.add(&bias).unwrap().to_vec::<f64>().unwrap();
+    for i in 0..m {
+        for j in 0..n {
+            assert_eq!(s[i * n + j], at(i, j) + bv[j]);
+        }
+    }
+    let c = xt.contiguous().unwrap();
+    for (src, name) in [(&xt, "strided"), (&c, "dense")] {
+        let s0 = src.sum(&[0], false).unwrap().to_vec::<f64>().unwrap();
+        let s1 = src.sum(&[1], false).unwrap().to_vec::<f64>().unwrap();
+        let m1 = src.max(&[1], false).unwrap().to_vec::<f64>().unwrap();
+        for j in 0..n {
+            let want: f64 = (0..m).map(|i| at(i, j)).sum();
+            assert!((s0[j] - want).abs() < 1e-10, "{name} sum0[{j}]");
+        }
+        for i in 0..m {
+            let want: f64 = (0..n).map(|j| at(i, j)).sum();
+            assert!((s1[i] - want).abs() < 1e-10, "{name} sum1[{i}]");
+            let mx = (0..n).map(|j| at(i, j)).fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(m1[i], mx, "{name} max[{i}]");
+        }
+        let p = src.softmax(1).unwrap().to_vec::<f64>().unwrap();
+        for i in (0..m).step_by(37) {
+            let mx = (0..n).map(|j| at(i, j)).fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = (0..n).map(|j| (at(i, j) - mx).exp()).sum();
+            for j in 0..n {
+                let want = (at(i, j) - mx).exp() / z;
+                assert!((p[i * n + j] - want).abs() < 1e-14, "{name} softmax");
+            }
+        }
+    }
+    // One large product (row-split across threads) on a transposed operand.
+    let w = values(&mut r, &[64, n], Domain::Any);
+    let wv = w.to_vec::<f64>().unwrap();
+    let y = xt.matmul(&w.t().unwrap()).unwrap().to_vec::<f64>().unwrap();
+    for i in (0..m).step_by(7) {
+        for k in 0..64 {
+            let want: f64 = (0..n).map(|j| at(i, j) * wv[k * n + j]).sum();
+            assert!((y[i * 64 + k] - want).abs() < 1e-9, "matmul[{i}][{k}]");
+        }
+    }
+    // Gradients through the large kernels: d Σ (xt + b)² / db = 2 Σ_i (xt + b).
+    let b = bias.detach().requires_grad_(true).unwrap();
+    xt.add(&b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gb = grad_vec(&b);
+    for j in 0..n {
+        let want: f64 = (0..m).map(|i| 2.0 * (at(i, j) + bv[j])).sum();
+        assert!((gb[j] - want).abs() < 1e-9 * want.abs().max(1.0), "db[{j}]");
+    }
+}
+
+#[test]
+fn deep_graphs_backward_and_drop() {
+    // A long chain must neither overflow the stack when walked nor when dropped unused.
+    const DEPTH: usize = 100_000;
+    let x = leaf(&[1.0], &[1]);
+    let mut y = x.clone();
+    for _ in 0..DEPTH {
+        y = y.add_scalar(1.0).unwrap();
+    }
+    assert_eq!(y.to_vec::<f64>().unwrap(), vec![1.0 + DEPTH as f64]);
+    y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(grad_vec(&x), vec![1.0]);
+
+    let mut z = x.clone();
+    for _ in 0..DEPTH {
+        z = z.mul_scalar(1.0).unwrap();
+    }
+    assert!(z.requires_grad());
+    drop(z); // never backpropagated: the whole graph is freed here
+}
