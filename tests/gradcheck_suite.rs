@@ -50,7 +50,8 @@ fn values(rng: &mut ChaCha8Rng, shape: &[usize], dom: Domain) -> Tensor {
     Tensor::from_vec(v, shape).unwrap()
 }
 
-/// How an argument reaches the op: as the leaf itself or as a strided view of it.
+/// How an argument reaches the op: as the leaf itself or as a strided view of it
+/// (transposed, permuted, narrowed, or broadcast with stride 0).
 #[derive(Clone, Debug)]
 enum View {
     Plain,
@@ -61,6 +62,8 @@ enum View {
         start: usize,
         len: usize,
     },
+    /// A broadcast (stride-0) view of a leaf with size 1 in the repeated dims.
+    Expand(Vec<usize>),
 }
 
 /// One argument: the shape its leaf is stored in and the view that gives the op's shape.
@@ -81,7 +84,7 @@ impl Arg {
     /// A random way (plain, transposed, permuted or narrowed) to present `target`.
     fn random(rng: &mut ChaCha8Rng, target: &[usize]) -> Arg {
         let r = target.len();
-        let pick = rng.gen_range(0..4);
+        let pick = rng.gen_range(0..5);
         match pick {
             1 if r >= 2 => {
                 let d0 = rng.gen_range(0..r);
@@ -125,6 +128,18 @@ impl Arg {
                     },
                 }
             }
+            4 if target.iter().any(|&d| d > 1) => {
+                let mut stored = target.to_vec();
+                for d in stored.iter_mut() {
+                    if *d > 1 && rng.gen_bool(0.6) {
+                        *d = 1;
+                    }
+                }
+                Arg {
+                    stored,
+                    view: View::Expand(target.to_vec()),
+                }
+            }
             _ => Arg::plain(target),
         }
     }
@@ -135,6 +150,7 @@ impl Arg {
             View::Transpose(a, b) => t.transpose(*a, *b),
             View::Permute(p) => t.permute(p),
             View::Narrow { dim, start, len } => t.narrow(*dim, *start, *len),
+            View::Expand(shape) => t.broadcast_as(shape),
         }
     }
 }
