@@ -1352,3 +1352,32 @@ fn deep_graphs_backward_and_drop() {
     assert!(z.requires_grad());
     drop(z); // never backpropagated: the whole graph is freed here
 }
+
+#[test]
+fn f32_softmax_matches_f64() {
+    // The f32 kernels use their own vectorized exponential; compare with f64 (libm) on
+    // wide-ranging logits, including rows with very negative entries and a -inf.
+    let mut r = rng(31);
+    let mut v: Vec<f64> = (0..50 * 300).map(|_| r.gen_range(-40.0..40.0)).collect();
+    v[7] = f64::NEG_INFINITY;
+    v[301] = -1e4;
+    let x64 = Tensor::from_vec(v, &[50, 300]).unwrap();
+    let x32 = x64.to_dtype(DType::F32).unwrap();
+    let x64 = x32.to_dtype(DType::F64).unwrap(); // the same (rounded) logits
+    for dim in [0, 1] {
+        let p32 = x32.softmax(dim).unwrap().to_vec_f64().unwrap();
+        let p64 = x64.softmax(dim).unwrap().to_vec::<f64>().unwrap();
+        assert!(all_close(&p32, &p64, 1e-6, 1e-5), "softmax dim {dim}");
+        assert_eq!(p32[7], 0.0);
+        let l32 = x32.log_softmax(dim).unwrap().to_vec_f64().unwrap();
+        let l64 = x64.log_softmax(dim).unwrap().to_vec::<f64>().unwrap();
+        assert_eq!(l32[7], f64::NEG_INFINITY);
+        let (a, b): (Vec<f64>, Vec<f64>) = l32
+            .iter()
+            .zip(&l64)
+            .filter(|(_, w)| w.is_finite())
+            .map(|(g, w)| (*g, *w))
+            .unzip();
+        assert!(all_close(&a, &b, 1e-4, 1e-5), "log_softmax dim {dim}");
+    }
+}
