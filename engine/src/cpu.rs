@@ -3,6 +3,7 @@
 use crate::layout::Layout;
 use crate::Float;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Elementwise work below this many elements runs on the calling thread: rayon's fork/join
 /// costs a few microseconds, which only pays off on large tensors.
@@ -23,6 +24,15 @@ pub(crate) fn gather<T: Float>(data: &[T], layout: &Layout) -> Vec<T> {
             });
             out
         }
+    }
+}
+
+/// The elements of `layout` over `data` as a dense row-major slice: borrowed when the
+/// layout is contiguous, gathered into a copy otherwise.
+pub(crate) fn dense<'a, T: Float>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
+    match layout.contiguous_range() {
+        Some(r) => Cow::Borrowed(&data[r]),
+        None => Cow::Owned(gather(data, layout)),
     }
 }
 
@@ -60,6 +70,21 @@ fn sequential(n: usize) -> bool {
 
 /// Elements per rayon task of the dense elementwise kernels.
 const DENSE_GRAIN: usize = 4096;
+
+/// `f(i)` for every row `i < n_rows` of a matrix with rows of `row_len` elements, in
+/// parallel when the matrix is large. The result is in row order and each entry is computed
+/// by one call, so it does not depend on the thread count.
+pub(crate) fn map_rows<R: Send>(
+    n_rows: usize,
+    row_len: usize,
+    f: impl Fn(usize) -> R + Sync + Send,
+) -> Vec<R> {
+    if n_rows.saturating_mul(row_len) < PAR_MIN_ELEMS || rayon::current_num_threads() == 1 {
+        (0..n_rows).map(f).collect()
+    } else {
+        (0..n_rows).into_par_iter().map(f).collect()
+    }
+}
 
 /// `out[i] = f(a[i], b[i])` over two layouts already broadcast to the output shape.
 pub(crate) fn zip_map<T: Float>(
@@ -115,3 +140,14 @@ pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
 pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
+
+/// Runs `f` in a rayon pool of `threads` threads, to test that results do not depend on
+/// the thread count.
+#[cfg(test)]
+pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+        .install(f)
+}

@@ -5,6 +5,8 @@
 //!   rules (accumulation, freeing the graph, conventions at kinks and ties).
 //! - Kernels: multithreaded through rayon (set `RAYON_NUM_THREADS` to choose the thread
 //!   count); matrix products through matrixmultiply.
+//! - σReparam: [`sigma_reparam_linear`], the fused spectrally reparametrized linear map, with
+//!   its persistent [`PowerIterState`].
 //! - [`gradcheck`]: finite-difference verification of any differentiable function.
 pub mod autograd;
 mod cpu;
@@ -14,6 +16,7 @@ mod error;
 pub mod gradcheck;
 mod layout;
 mod ops;
+mod sigma_reparam;
 mod storage;
 mod tensor;
 
@@ -23,5 +26,7 @@ pub use dtype::{DType, Float};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, gradcheck_with, GradcheckOptions, GradcheckReport};
 pub use layout::{broadcast_shapes, Layout, Shape};
+pub use ops::{Reduction, IGNORE_INDEX};
+pub use sigma_reparam::{sigma_reparam_linear, GammaInit, PowerIterState, NORM_EPS, SIGMA_EPS};
 pub use storage::{CpuStorage, Storage};
 pub use tensor::{Tensor, TensorId};

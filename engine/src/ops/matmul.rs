@@ -2,7 +2,8 @@
 //! without copies (matrixmultiply takes row and column strides).
 //!
 //! Parallelism is one level, through rayon: across the batch when it is large enough,
-//! otherwise across row blocks of one product; matrixmultiply itself runs single-threaded.
+//! otherwise across row (or, for a wide result, column) blocks of one product;
+//! matrixmultiply itself runs single-threaded.
 
 use crate::cpu::SendPtr;
 use crate::dtype::with_dtype;
@@ -21,6 +22,22 @@ impl Tensor {
     /// Errors with [`Error::ShapeMismatch`] when a rank is below 2, inner dims differ or
     /// batch dims do not broadcast.
     pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
+        let out = self.matmul_scaled(other, 1.0)?;
+        let (a, b) = (self.detach(), other.detach());
+        let (rga, rgb) = (self.requires_grad(), other.requires_grad());
+        Ok(out.record(&[self, other], "matmul", move |g| {
+            // dA = g·Bᵀ, dB = Aᵀ·g; the engine sums broadcast batch dims back.
+            Ok(vec![
+                if rga { Some(g.matmul(&b.t()?)?) } else { None },
+                if rgb { Some(a.t()?.matmul(g)?) } else { None },
+            ])
+        }))
+    }
+
+    /// `alpha · (self @ other)` with the shapes and errors of [`Tensor::matmul`], computed in
+    /// the product kernel (no extra pass over the output) and not recorded: for fused ops
+    /// that supply their own backward.
+    pub(crate) fn matmul_scaled(&self, other: &Tensor, alpha: f64) -> Result<Tensor> {
         self.check_same("matmul", other)?;
         let mismatch = || Error::ShapeMismatch {
             op: "matmul",
@@ -45,25 +62,18 @@ impl Tensor {
         out_shape.extend([m, n]);
         let la = self.layout().broadcast_to("matmul", &a_shape)?;
         let lb = other.layout().broadcast_to("matmul", &b_shape)?;
-        let out = with_dtype!(self.dtype(), T => {
+        with_dtype!(self.dtype(), T => {
             let v = self.with_cpu::<T, _>("matmul", |a, _| {
-                other.with_cpu::<T, _>("matmul", |b, _| gemm_batched(a, &la, b, &lb, m, k, n))
+                other.with_cpu::<T, _>("matmul", |b, _| gemm_batched(a, &la, b, &lb, m, k, n, T::from_f64_lossy(alpha)))
             })??;
-            Tensor::from_vec(v, &out_shape)?
-        });
-        let (a, b) = (self.detach(), other.detach());
-        let (rga, rgb) = (self.requires_grad(), other.requires_grad());
-        Ok(out.record(&[self, other], "matmul", move |g| {
-            // dA = g·Bᵀ, dB = Aᵀ·g; the engine sums broadcast batch dims back.
-            Ok(vec![
-                if rga { Some(g.matmul(&b.t()?)?) } else { None },
-                if rgb { Some(a.t()?.matmul(g)?) } else { None },
-            ])
-        }))
+            Tensor::from_vec(v, &out_shape)
+        })
     }
 }
 
-/// `C[b] = A[b]·B[b]` for every batch index; `la`, `lb` are broadcast to the batch shape.
+/// `C[b] = alpha·A[b]·B[b]` for every batch index; `la`, `lb` are broadcast to the batch
+/// shape.
+#[allow(clippy::too_many_arguments)]
 fn gemm_batched<T: Float>(
     a: &[T],
     la: &Layout,
@@ -72,6 +82,7 @@ fn gemm_batched<T: Float>(
     m: usize,
     k: usize,
     n: usize,
+    alpha: T,
 ) -> Vec<T> {
     let r = la.rank();
     let n_batch: usize = la.shape()[..r - 2].iter().product();
@@ -93,44 +104,54 @@ fn gemm_batched<T: Float>(
     let threads = rayon::current_num_threads();
     let flops = m * n * k;
     let c = SendPtr(out.as_mut_ptr());
-    // One product of rows `r0..r1` of batch `i` into its slot of `out`.
-    let run = |i: usize, r0: usize, r1: usize| {
+    // The block `rows × cols` of product `i` into its slot of `out`.
+    let run = |i: usize, (r0, r1): (usize, usize), (c0, c1): (usize, usize)| {
         let c = c;
         // SAFETY: offsets index inside `a`/`b` (layouts were validated against their
-        // storage when built); each (batch, row block) writes a disjoint part of `out`.
+        // storage when built); each (batch, block) writes a disjoint part of `out`.
         unsafe {
             T::gemm(
                 r1 - r0,
                 k,
-                n,
-                T::one(),
+                c1 - c0,
+                alpha,
                 a.as_ptr().add(a_off[i] + r0 * rsa as usize),
                 rsa,
                 csa,
-                b.as_ptr().add(b_off[i]),
+                b.as_ptr().add(b_off[i] + c0 * csb as usize),
                 rsb,
                 csb,
                 T::zero(),
-                c.0.add(i * m * n + r0 * n),
+                c.0.add(i * m * n + r0 * n + c0),
                 n as isize,
                 1,
             )
         }
     };
     if threads == 1 || flops * n_batch < PAR_MIN_FLOPS {
-        (0..n_batch).for_each(|i| run(i, 0, m));
+        (0..n_batch).for_each(|i| run(i, (0, m), (0, n)));
     } else if n_batch >= threads {
-        (0..n_batch).into_par_iter().for_each(|i| run(i, 0, m));
-    } else {
-        // Few large products: split rows so every thread gets a block (multiple of 8 rows).
-        let blocks = threads * 2;
-        let rows = m.div_ceil(blocks).next_multiple_of(8).max(8);
-        let tasks: Vec<(usize, usize)> = (0..n_batch)
-            .flat_map(|i| (0..m).step_by(rows).map(move |r0| (i, r0)))
-            .collect();
-        tasks
+        (0..n_batch)
             .into_par_iter()
-            .for_each(|(i, r0)| run(i, r0, (r0 + rows).min(m)));
+            .for_each(|i| run(i, (0, m), (0, n)));
+    } else {
+        // Few large products: give every thread a block (a multiple of 8) of the longer side
+        // of the result. Each block packs all of the other operand, so splitting the longer
+        // side packs the least.
+        let blocks = threads * 2;
+        let (len, whole) = if m >= n { (m, (0, n)) } else { (n, (0, m)) };
+        let step = len.div_ceil(blocks).next_multiple_of(8).max(8);
+        let tasks: Vec<(usize, usize)> = (0..n_batch)
+            .flat_map(|i| (0..len).step_by(step).map(move |s0| (i, s0)))
+            .collect();
+        tasks.into_par_iter().for_each(|(i, s0)| {
+            let part = (s0, (s0 + step).min(len));
+            if m >= n {
+                run(i, part, whole)
+            } else {
+                run(i, whole, part)
+            }
+        });
     }
     out
 }

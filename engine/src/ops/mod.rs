@@ -1,8 +1,15 @@
 //! Differentiable tensor operations, one module per family.
 mod binary;
 mod concat;
+mod dropout;
+mod index;
+mod loss;
 mod matmul;
+mod norm;
 mod reduce;
+mod select;
 mod softmax;
 mod unary;
 mod view;
+
+pub use loss::{Reduction, IGNORE_INDEX};

@@ -47,7 +47,7 @@ fn row_sum<T: Float>(row: &[T]) -> T {
 }
 
 /// Row-wise forward over dense rows of length `n`: subtract the row max (detached), then
-/// `p = e^{x-m} / Σ e^{x-m}` or `log p = x - m - ln Σ e^{x-m}`.
+/// `p = e^{x-m} / Σ e^{x-m}` or `log p = (x - m) - ln Σ e^{x-m}`.
 fn forward_rows<T: Float>(x: &[T], n: usize, kind: Kind) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     fill_rows(&mut out, n, |r, o| {
@@ -66,9 +66,11 @@ fn forward_rows<T: Float>(x: &[T], n: usize, kind: Kind) -> Vec<T> {
                 o.iter_mut().for_each(|v| *v *= inv);
             }
             Kind::LogSoftmax => {
-                let ls = m + s.ln();
+                // (x − m) − ln s, never x − (m + ln s): with huge logits m + ln s rounds
+                // ln s away (f32 [1e8, 1e8] would give 0 instead of −ln 2; BC-07).
+                let ls = s.ln();
                 for (oi, &xi) in o.iter_mut().zip(row) {
-                    *oi = xi - ls;
+                    *oi = (xi - m) - ls;
                 }
             }
         }
