@@ -394,7 +394,7 @@ fn affine_family() {
         for (name, op) in &ops {
             check_args(
                 name,
-                &[arg.clone()],
+                std::slice::from_ref(&arg),
                 Domain::Any,
                 seed as u64,
                 |x| op(&x[0]),
@@ -444,7 +444,9 @@ fn unary_ops() {
         let mut r = rng(400 + seed as u64);
         let arg = Arg::random(&mut r, &shape);
         for (name, op, dom) in ops {
-            check_args(name, &[arg.clone()], dom, seed as u64, |x| op(&x[0]));
+            check_args(name, std::slice::from_ref(&arg), dom, seed as u64, |x| {
+                op(&x[0])
+            });
             // The same op on a plain leaf of that shape.
             check_args(name, &[Arg::plain(&shape)], dom, seed as u64, |x| op(&x[0]));
         }
@@ -530,21 +532,37 @@ fn sum_and_mean() {
         let arg = Arg::random(&mut r, &shape);
         for keep in [false, true] {
             let d = dims.clone();
-            check_args("sum", &[arg.clone()], Domain::Any, i as u64, move |x| {
-                x[0].sum(&d, keep)
-            });
+            check_args(
+                "sum",
+                std::slice::from_ref(&arg),
+                Domain::Any,
+                i as u64,
+                move |x| x[0].sum(&d, keep),
+            );
             let d = dims.clone();
-            check_args("mean", &[arg.clone()], Domain::Any, i as u64, move |x| {
-                x[0].mean(&d, keep)
-            });
+            check_args(
+                "mean",
+                std::slice::from_ref(&arg),
+                Domain::Any,
+                i as u64,
+                move |x| x[0].mean(&d, keep),
+            );
         }
-        check_args("sum_all", &[arg.clone()], Domain::Any, i as u64, |x| {
-            x[0].sum_all()
-        });
+        check_args(
+            "sum_all",
+            std::slice::from_ref(&arg),
+            Domain::Any,
+            i as u64,
+            |x| x[0].sum_all(),
+        );
         if shape.iter().all(|&d| d > 0) {
-            check_args("mean_all", &[arg.clone()], Domain::Any, i as u64, |x| {
-                x[0].mean_all()
-            });
+            check_args(
+                "mean_all",
+                std::slice::from_ref(&arg),
+                Domain::Any,
+                i as u64,
+                |x| x[0].mean_all(),
+            );
         }
     }
 }
@@ -600,9 +618,13 @@ fn max_reduction() {
         for keep in [false, true] {
             let d = dims.clone();
             // Normal values are distinct almost surely: no ties within a step.
-            check_args("max", &[arg.clone()], Domain::Any, i as u64, move |x| {
-                x[0].max(&d, keep)
-            });
+            check_args(
+                "max",
+                std::slice::from_ref(&arg),
+                Domain::Any,
+                i as u64,
+                move |x| x[0].max(&d, keep),
+            );
         }
     }
 }
@@ -773,9 +795,13 @@ fn softmax_and_log_softmax() {
     for (i, (shape, dim)) in cases.into_iter().enumerate() {
         let mut r = rng(900 + i as u64);
         let arg = Arg::random(&mut r, &shape);
-        check_args("softmax", &[arg.clone()], Domain::Any, i as u64, move |x| {
-            x[0].softmax(dim)
-        });
+        check_args(
+            "softmax",
+            std::slice::from_ref(&arg),
+            Domain::Any,
+            i as u64,
+            move |x| x[0].softmax(dim),
+        );
         check_args("log_softmax", &[arg], Domain::Any, i as u64, move |x| {
             x[0].log_softmax(dim)
         });
@@ -1285,9 +1311,10 @@ fn large_tensors_match_naive_values() {
         let s0 = src.sum(&[0], false).unwrap().to_vec::<f64>().unwrap();
         let s1 = src.sum(&[1], false).unwrap().to_vec::<f64>().unwrap();
         let m1 = src.max(&[1], false).unwrap().to_vec::<f64>().unwrap();
-        for j in 0..n {
+        assert_eq!(s0.len(), n);
+        for (j, &got) in s0.iter().enumerate() {
             let want: f64 = (0..m).map(|i| at(i, j)).sum();
-            assert!((s0[j] - want).abs() < 1e-10, "{name} sum0[{j}]");
+            assert!((got - want).abs() < 1e-10, "{name} sum0[{j}]");
         }
         for i in 0..m {
             let want: f64 = (0..n).map(|j| at(i, j)).sum();

@@ -19,7 +19,7 @@ impl Tensor {
     /// A dense row-major copy as a fresh untracked leaf (no graph node is recorded).
     pub(crate) fn dense_copy(&self) -> Result<Tensor> {
         Ok(with_dtype!(self.dtype(), T => {
-            let v = self.with_cpu::<T, _>("copy", |d, l| gather(d, l))?;
+            let v = self.with_cpu::<T, _>("copy", gather)?;
             Tensor::from_vec(v, self.shape())?
         }))
     }
