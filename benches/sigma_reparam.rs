@@ -12,7 +12,7 @@
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion};
 use engine::{DType, Tensor};
-use nn::{GammaInit, Linear, ModuleExt, SigmaReparamLinear};
+use nn::{GammaInit, Linear, Module, ModuleExt, SigmaReparamLinear};
 use rand::SeedableRng;
 
 /// `(rows, in, out)`: a batch of 2048 rows through a widening and a narrowing layer.
@@ -64,32 +64,17 @@ fn fwd_bwd<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
         let sigma = SigmaReparamLinear::new(inp, out, true, GammaInit::Sigma, DType::F32, &mut rng)
             .unwrap();
         let shape = format!("{rows}x{inp}->{out}");
-        group.bench_function(format!("plain/{shape}"), |b| {
-            b.iter(|| {
-                plain.zero_grad();
-                x.zero_grad();
-                plain
-                    .forward(&x)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-            })
-        });
-        group.bench_function(format!("sigma_reparam/{shape}"), |b| {
-            b.iter(|| {
-                sigma.zero_grad();
-                x.zero_grad();
-                sigma
-                    .forward(&x)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-            })
-        });
+        let mut bench = |name: &str, layer: &dyn Module, forward: &dyn Fn(&Tensor) -> Tensor| {
+            group.bench_function(format!("{name}/{shape}"), |b| {
+                b.iter(|| {
+                    layer.zero_grad();
+                    x.zero_grad();
+                    forward(&x).sum_all().unwrap().backward().unwrap();
+                })
+            });
+        };
+        bench("plain", &plain, &|x| plain.forward(x).unwrap());
+        bench("sigma_reparam", &sigma, &|x| sigma.forward(x).unwrap());
     }
     group.finish();
 }

@@ -875,3 +875,27 @@ fn large_layer_matches_reference_across_threads() {
         });
     }
 }
+
+#[test]
+fn train_mode_gradient_uses_the_stepped_vectors() {
+    // W = diag(2, 1) from u₀ = [1,1]/√2 (BC-13): the node must differentiate σ₁ = v₁ᵀ W u₁
+    // with the vectors of this step, not the ones it started from.
+    let w = leaf(&[2., 0., 0., 1.], &[2, 2]);
+    let state = PowerIterState::init(&w, 1e-6, 100).unwrap();
+    let h = std::f64::consts::FRAC_1_SQRT_2;
+    set_vectors(&state, &[h, h], &[h, h]);
+    let x = t(&[1., 0., 0., 1.], &[2, 2]);
+    let y = sigma_reparam_linear(&x, &w, &t(&[1.0], &[1]), None, &state, true).unwrap();
+    // L = Σ y ⊙ Gᵀ with x = I, so ∂L/∂Ŵ = G.
+    let g = [1., 2., 3., 4.];
+    project(&y, &t(&[1., 3., 2., 4.], &[2, 2]))
+        .backward()
+        .unwrap();
+    let (u, v, sigma) = (vals(state.u()), vals(state.v()), vals(state.sigma())[0]);
+    assert_close(&[sigma], &[1.843909], 1e-6);
+    let d_gamma = (g[0] * 2.0 + g[3]) / sigma;
+    let want: Vec<f64> = (0..4)
+        .map(|e| (g[e] - d_gamma * v[e / 2] * u[e % 2]) / sigma)
+        .collect();
+    assert_close(&grad(&w), &want, 1e-12);
+}

@@ -13,6 +13,31 @@ use crate::{Error, Result, Tensor, TensorId};
 use smallvec::SmallVec;
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hasher for [`TensorId`] keys: ids are distinct integers, so one multiplication mixes
+/// them enough, and SipHash (the std default) dominated the cost of small backward passes.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64 ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<TensorId, V, BuildHasherDefault<IdHasher>>;
+type IdSet = HashSet<TensorId, BuildHasherDefault<IdHasher>>;
 
 type BackwardFn = dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync;
 
@@ -33,6 +58,28 @@ impl GradFn {
             name,
             inputs,
             backward,
+        }
+    }
+}
+
+impl Drop for GradFn {
+    /// Free the graph behind this node without recursion: a chain of N recorded ops would
+    /// otherwise drop N nested `Arc`s and overflow the stack for long chains (an unrolled
+    /// RNN, a loss that is never back-propagated). Inputs this node owns the last reference
+    /// to are unlinked from their own nodes first, with an explicit work list.
+    fn drop(&mut self) {
+        let mut pending: Vec<Tensor> = self.inputs.drain(..).collect();
+        while let Some(t) = pending.pop() {
+            let Ok(inner) = std::sync::Arc::try_unwrap(t.0) else {
+                continue; // still shared: only the count drops
+            };
+            let gf = inner
+                .grad_fn
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(Ok(mut gf)) = gf.map(std::sync::Arc::try_unwrap) {
+                pending.extend(gf.inputs.drain(..));
+            }
         }
     }
 }
@@ -101,7 +148,8 @@ impl Tensor {
             return Err(Error::Backward("tensor does not require grad".into()));
         }
         let order = topo_order(self)?;
-        let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+        let mut grads: IdMap<Tensor> = IdMap::default();
+        grads.reserve(order.len());
         grads.insert(self.id(), self.ones_like());
         let _guard = NoGradGuard::new();
         for node in order.iter().rev() {
@@ -191,7 +239,7 @@ fn accumulate_leaf(leaf: &Tensor, g: Tensor) -> Result<()> {
     let new = match slot.take() {
         Some(prev) => prev.add(&g)?,
         // A fresh, dense tensor that shares memory with nothing the user holds.
-        None => g.copy()?.detach(),
+        None => g.dense_copy()?,
     };
     *slot = Some(new);
     Ok(())
@@ -199,10 +247,12 @@ fn accumulate_leaf(leaf: &Tensor, g: Tensor) -> Result<()> {
 
 /// Tensors reachable from `root` through recorded nodes, in post-order (inputs first).
 fn topo_order(root: &Tensor) -> Result<Vec<Tensor>> {
-    let mut order = Vec::new();
-    let mut seen: HashSet<TensorId> = HashSet::new();
+    let mut order = Vec::with_capacity(16);
+    let mut seen = IdSet::default();
+    seen.reserve(16);
     // (tensor, children already pushed)
-    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
+    let mut stack: Vec<(Tensor, bool)> = Vec::with_capacity(16);
+    stack.push((root.clone(), false));
     while let Some((t, expanded)) = stack.pop() {
         if expanded {
             order.push(t);

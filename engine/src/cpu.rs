@@ -63,6 +63,14 @@ pub(crate) fn fill_rows<T: Float>(
     }
 }
 
+/// Whether elementwise work of `n` elements runs on the calling thread.
+fn sequential(n: usize) -> bool {
+    n < PAR_MIN_ELEMS || rayon::current_num_threads() == 1
+}
+
+/// Elements per rayon task of the dense elementwise kernels.
+const DENSE_GRAIN: usize = 4096;
+
 /// `f(i)` for every row `i < n_rows` of a matrix with rows of `row_len` elements, in
 /// parallel when the matrix is large. The result is in row order and each entry is computed
 /// by one call, so it does not depend on the thread count.
@@ -87,17 +95,22 @@ pub(crate) fn zip_map<T: Float>(
     f: impl Fn(T, T) -> T + Sync,
 ) -> Vec<T> {
     let n = la.numel();
-    let mut out = vec![T::zero(); n];
     if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
+        // Collected straight into the output (no zero-filled buffer to overwrite); the
+        // sequential loop vectorizes.
         let (a, b) = (&a[ra], &b[rb]);
-        fill_rows(&mut out, 4096.min(n.max(1)), |row, dst| {
-            let o = row * 4096;
-            for (j, d) in dst.iter_mut().enumerate() {
-                *d = f(a[o + j], b[o + j]);
-            }
-        });
+        if sequential(n) {
+            return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+        }
+        let mut out = Vec::with_capacity(n);
+        a.par_iter()
+            .zip(b.par_iter())
+            .with_min_len(DENSE_GRAIN)
+            .map(|(&x, &y)| f(x, y))
+            .collect_into_vec(&mut out);
         return out;
     }
+    let mut out = vec![T::zero(); n];
     let (len, sa) = la.inner();
     let (_, sb) = lb.inner();
     fill_rows(&mut out, len, |row, dst| {
@@ -111,13 +124,14 @@ pub(crate) fn zip_map<T: Float>(
 
 /// `out[i] = f(x[i])` over a contiguous slice.
 pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    fill_rows(&mut out, 4096.min(x.len().max(1)), |row, dst| {
-        let o = row * 4096;
-        for (j, d) in dst.iter_mut().enumerate() {
-            *d = f(x[o + j]);
-        }
-    });
+    if sequential(x.len()) {
+        return x.iter().map(|&v| f(v)).collect();
+    }
+    let mut out = Vec::with_capacity(x.len());
+    x.par_iter()
+        .with_min_len(DENSE_GRAIN)
+        .map(|&v| f(v))
+        .collect_into_vec(&mut out);
     out
 }
 

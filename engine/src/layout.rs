@@ -116,10 +116,15 @@ impl Layout {
         true
     }
 
-    /// Offset range `[offset, offset + n)` of the data when contiguous.
+    /// Offset range `[offset, offset + n)` of the data when contiguous. An empty view gives
+    /// `0..0`: its offset may point past the end of the storage (a zero-length narrow at the
+    /// end of a dim), so it must never be used to slice.
     pub fn contiguous_range(&self) -> Option<std::ops::Range<usize>> {
-        self.is_contiguous()
-            .then(|| self.offset..self.offset + self.numel())
+        let n = self.numel();
+        if n == 0 {
+            return Some(0..0);
+        }
+        self.is_contiguous().then(|| self.offset..self.offset + n)
     }
 
     /// The layout viewed with `shape` by broadcasting (stride 0 on new or size-1 dims).

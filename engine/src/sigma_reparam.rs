@@ -21,7 +21,8 @@
 //! In both modes the gradient flows through `σ` into `W` (`∂σ/∂W = v uᵀ`).
 //!
 //! The op never forms `Ŵ`: the forward is one product `x Wᵀ` scaled inside the product
-//! kernel, and the backward is analytic (with `G = ∂L/∂Ŵ = (∂L/∂y)ᵀ x` summed over all rows, `s = γ / max(σ, ε)`):
+//! kernel, and the backward is analytic, with `G = ∂L/∂Ŵ = (∂L/∂y)ᵀ x` summed over all rows
+//! and `s = γ / max(σ, ε)`:
 //!
 //! ```text
 //! ∂L/∂γ = ⟨G, W⟩_F / max(σ, ε)
@@ -77,7 +78,7 @@ pub struct PowerIterState {
     sigma: Tensor,
 }
 
-/// One power step's result: the new unit vectors and `σ = vᵀ W u`.
+/// The unit vectors `u`, `v` and `σ = vᵀ W u` that one forward uses.
 struct Step {
     u: Tensor,
     v: Tensor,
@@ -437,12 +438,13 @@ impl Node {
         let g2 = g.reshape(&[rows, out])?;
         let dtype = self.w.dtype();
         // ∂L/∂x = s·(∂L/∂y) W
-        let dx = match need_x {
-            true => Some(
+        let dx = if need_x {
+            Some(
                 g2.matmul_scaled(&self.w, self.scale)?
                     .reshape(&self.x_shape)?,
-            ),
-            false => None,
+            )
+        } else {
+            None
         };
         let (mut dw, mut dgamma) = (None, None);
         if need_w || need_gamma {

@@ -56,6 +56,7 @@ impl std::fmt::Debug for Tensor {
 }
 
 impl Tensor {
+    #[allow(dead_code)] // kept for ops that hold only a storage
     pub(crate) fn from_parts(
         storage: Arc<RwLock<Storage>>,
         layout: Layout,
@@ -66,6 +67,19 @@ impl Tensor {
             let s = storage.read().expect("storage lock poisoned");
             (s.dtype(), s.device())
         };
+        Tensor::from_parts_typed(storage, layout, is_leaf, grad_fn, dtype, device)
+    }
+
+    /// [`Tensor::from_parts`] when the storage's dtype and device are already known (saves
+    /// taking the storage lock on every op).
+    pub(crate) fn from_parts_typed(
+        storage: Arc<RwLock<Storage>>,
+        layout: Layout,
+        is_leaf: bool,
+        grad_fn: Option<Arc<GradFn>>,
+        dtype: DType,
+        device: Device,
+    ) -> Tensor {
         Tensor(Arc::new(TensorInner {
             id: TensorId::fresh(),
             storage,
@@ -82,11 +96,14 @@ impl Tensor {
     /// A fresh leaf tensor owning `data` laid out contiguously as `shape`.
     pub(crate) fn from_cpu(data: CpuStorage, shape: &[usize]) -> Tensor {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
-        Tensor::from_parts(
+        let dtype = data.dtype();
+        Tensor::from_parts_typed(
             Arc::new(RwLock::new(Storage::Cpu(data))),
             Layout::contiguous(shape),
             true,
             None,
+            dtype,
+            Device::Cpu,
         )
     }
 
@@ -411,7 +428,19 @@ impl Tensor {
 
     /// A new leaf sharing this tensor's data, cut from the graph and not requiring grad.
     pub fn detach(&self) -> Tensor {
-        Tensor::from_parts(self.0.storage.clone(), self.0.layout.clone(), true, None)
+        self.share_storage(self.0.layout.clone())
+    }
+
+    /// A new untracked leaf over this tensor's storage with `layout`.
+    fn share_storage(&self, layout: Layout) -> Tensor {
+        Tensor::from_parts_typed(
+            self.0.storage.clone(),
+            layout,
+            true,
+            None,
+            self.0.dtype,
+            self.0.device,
+        )
     }
 
     /// A view of the same storage with another layout, recorded with `backward`.
@@ -419,8 +448,7 @@ impl Tensor {
     where
         F: Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
     {
-        let out = Tensor::from_parts(self.0.storage.clone(), layout, true, None);
-        out.record(&[self], name, backward)
+        self.share_storage(layout).record(&[self], name, backward)
     }
 
     /// Attach an autograd node to a freshly computed tensor: when gradients are enabled and
@@ -434,17 +462,30 @@ impl Tensor {
         if !autograd::is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
             return self;
         }
-        let gf = GradFn::new(
+        let gf = Arc::new(GradFn::new(
             name,
             inputs.iter().map(|t| (*t).clone()).collect(),
             Box::new(backward),
-        );
-        Tensor::from_parts(
-            self.0.storage.clone(),
-            self.0.layout.clone(),
-            false,
-            Some(Arc::new(gf)),
-        )
+        ));
+        let mut out = self;
+        match Arc::get_mut(&mut out.0) {
+            // The usual case: a freshly computed tensor nobody else holds becomes the node
+            // in place (no second allocation).
+            Some(inner) => {
+                inner.is_leaf = false;
+                *inner.requires_grad.get_mut() = true;
+                *inner.grad_fn.get_mut().expect("grad_fn lock poisoned") = Some(gf);
+                out
+            }
+            None => Tensor::from_parts_typed(
+                out.0.storage.clone(),
+                out.0.layout.clone(),
+                false,
+                Some(gf),
+                out.0.dtype,
+                out.0.device,
+            ),
+        }
     }
 
     pub(crate) fn inner(&self) -> &TensorInner {

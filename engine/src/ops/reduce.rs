@@ -62,14 +62,34 @@ impl Tensor {
         Ok(d)
     }
 
-    fn reduce_forward(&self, op: &'static str, dims: &[usize], kind: Reduce) -> Result<Tensor> {
+    /// Shape of a reduction over `dims` with the reduced dims kept as size 1.
+    fn keep_shape(&self, dims: &[usize]) -> Vec<usize> {
         let shape = self.shape();
-        let keep_shape: Vec<usize> = (0..self.rank())
+        (0..self.rank())
             .map(|d| if dims.contains(&d) { 1 } else { shape[d] })
-            .collect();
+            .collect()
+    }
+
+    /// Forward of a reduction, shaped as the result (reduced dims dropped unless
+    /// `keepdim`; dropping size-1 dims does not move data, so one kernel serves both).
+    fn reduce_forward(
+        &self,
+        op: &'static str,
+        dims: &[usize],
+        keepdim: bool,
+        kind: Reduce,
+    ) -> Result<Tensor> {
+        let shape: Vec<usize> = if keepdim {
+            self.keep_shape(dims)
+        } else {
+            (0..self.rank())
+                .filter(|d| !dims.contains(d))
+                .map(|d| self.shape()[d])
+                .collect()
+        };
         with_dtype!(self.dtype(), T => {
             let v = self.with_cpu::<T, _>(op, |data, l| reduce_kernel(data, l, dims, kind))?;
-            Tensor::from_vec(v, &keep_shape)
+            Tensor::from_vec(v, &shape)
         })
     }
 
@@ -77,12 +97,12 @@ impl Tensor {
     /// reduced dims stay as size 1. A sum over zero elements is 0.
     pub fn sum(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
         let dims = self.reduce_dims("sum", dims)?;
-        let out = self.reduce_forward("sum", &dims, Reduce::Sum)?;
+        let out = self.reduce_forward("sum", &dims, keepdim, Reduce::Sum)?;
         let in_shape = self.shape().to_vec();
-        let out = out.record(&[self], "sum", move |g| {
-            Ok(vec![Some(g.broadcast_as(&in_shape)?)])
-        });
-        drop_dims(out, &dims, keepdim)
+        let keep_shape = self.keep_shape(&dims);
+        Ok(out.record(&[self], "sum", move |g| {
+            Ok(vec![Some(g.reshape(&keep_shape)?.broadcast_as(&in_shape)?)])
+        }))
     }
 
     /// Sum of all elements, a 0-dimensional tensor.
@@ -93,7 +113,7 @@ impl Tensor {
 
     /// Mean over `dims`. The mean over zero elements is NaN (0/0, as PyTorch).
     pub fn mean(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        let dims = self.reduce_dims("mean", &dims)?;
+        let dims = self.reduce_dims("mean", dims)?;
         let count: usize = dims.iter().map(|&d| self.shape()[d]).product();
         self.sum(&dims, keepdim)?.mul_scalar(1.0 / count as f64)
     }
@@ -114,31 +134,15 @@ impl Tensor {
                 format!("reduction over an empty dim of shape {:?}", self.shape()),
             ));
         }
-        let out = self.reduce_forward("max", &dims, Reduce::Max)?;
-        let (x, y) = (self.detach(), out.detach());
-        let d2 = dims.clone();
-        let out = out.record(&[self], "max", move |g| {
+        let out = self.reduce_forward("max", &dims, keepdim, Reduce::Max)?;
+        let keep_shape = self.keep_shape(&dims);
+        let (x, y) = (self.detach(), out.detach().reshape(&keep_shape)?);
+        Ok(out.record(&[self], "max", move |g| {
             let mask = x.eq(&y)?;
-            let count = mask.sum(&d2, true)?;
-            Ok(vec![Some(g.mul(&mask)?.div(&count)?)])
-        });
-        drop_dims(out, &dims, keepdim)
+            let count = mask.sum(&dims, true)?;
+            Ok(vec![Some(g.reshape(&keep_shape)?.mul(&mask)?.div(&count)?)])
+        }))
     }
-}
-
-/// Remove the (size-1) reduced dims unless `keepdim`.
-fn drop_dims(t: Tensor, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-    if keepdim || dims.is_empty() {
-        return Ok(t);
-    }
-    let shape: Vec<usize> = t
-        .shape()
-        .iter()
-        .enumerate()
-        .filter(|(d, _)| !dims.contains(d))
-        .map(|(_, &s)| s)
-        .collect();
-    t.reshape(&shape)
 }
 
 /// Reduce `data` seen through `l` over the sorted `dims`; output in row-major order of the

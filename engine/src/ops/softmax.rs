@@ -11,22 +11,55 @@ enum Kind {
     LogSoftmax,
 }
 
+/// Lanes of the partial maxima and sums below: independent accumulators let the loops
+/// vectorize, and the fixed lane count keeps results independent of the machine.
+const LANES: usize = 8;
+
+/// Maximum of a row (NaN entries are skipped here; they still reach the output through
+/// the exponentials).
+fn row_max<T: Float>(row: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &b) in acc.iter_mut().zip(c) {
+            *a = if b > *a { b } else { *a };
+        }
+    }
+    let m = tail
+        .iter()
+        .fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
+    acc.iter().fold(m, |a, &b| if b > a { b } else { a })
+}
+
+/// Sum of a row in `LANES` interleaved partial sums.
+fn row_sum<T: Float>(row: &[T]) -> T {
+    let mut acc = [T::zero(); LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &b) in acc.iter_mut().zip(c) {
+            *a += b;
+        }
+    }
+    let t = tail.iter().fold(T::zero(), |a, &b| a + b);
+    acc.iter().fold(T::zero(), |a, &b| a + b) + t
+}
+
 /// Row-wise forward over dense rows of length `n`: subtract the row max (detached), then
 /// `p = e^{x-m} / Σ e^{x-m}` or `log p = (x - m) - ln Σ e^{x-m}`.
 fn forward_rows<T: Float>(x: &[T], n: usize, kind: Kind) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     fill_rows(&mut out, n, |r, o| {
         let row = &x[r * n..(r + 1) * n];
-        let m = row
-            .iter()
-            .fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
+        let m = row_max(row);
         // A row of -inf (all masked) would give NaN via -inf - -inf; use 0 as shift.
         let m = if m.is_finite() { m } else { T::zero() };
-        let mut s = T::zero();
+        // Two passes: the exponentials vectorize only without the running sum.
         for (oi, &xi) in o.iter_mut().zip(row) {
-            *oi = (xi - m).exp();
-            s += *oi;
+            *oi = (xi - m).fast_exp();
         }
+        let s = row_sum(o);
         match kind {
             Kind::Softmax => {
                 let inv = T::one() / s;
@@ -59,9 +92,9 @@ fn backward_rows<T: Float>(y: &[T], g: &[T], n: usize, kind: Kind) -> Vec<T> {
                 }
             }
             Kind::LogSoftmax => {
-                let sg: T = gr.iter().copied().sum();
+                let sg: T = row_sum(gr);
                 for ((oi, &yi), &gi) in o.iter_mut().zip(yr).zip(gr) {
-                    *oi = gi - yi.exp() * sg;
+                    *oi = gi - yi.fast_exp() * sg;
                 }
             }
         }

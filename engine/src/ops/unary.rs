@@ -90,9 +90,10 @@ impl Unary {
         };
         let mut out = vec![T::zero(); x.len()];
         fill_rows(&mut out, 4096.min(x.len().max(1)), |row, dst| {
-            let o = row * 4096;
-            for (j, v) in dst.iter_mut().enumerate() {
-                *v = g[o + j] * d(x[o + j], y[o + j]);
+            let (o, len) = (row * 4096, dst.len());
+            let (g, x, y) = (&g[o..o + len], &x[o..o + len], &y[o..o + len]);
+            for (((v, &g), &x), &y) in dst.iter_mut().zip(g).zip(x).zip(y) {
+                *v = g * d(x, y);
             }
         });
         out

@@ -16,6 +16,14 @@ impl Tensor {
         Ok(out.record(&[self], "copy", |g| Ok(vec![Some(g.clone())])))
     }
 
+    /// A dense row-major copy as a fresh untracked leaf (no graph node is recorded).
+    pub(crate) fn dense_copy(&self) -> Result<Tensor> {
+        Ok(with_dtype!(self.dtype(), T => {
+            let v = self.with_cpu::<T, _>("copy", gather)?;
+            Tensor::from_vec(v, self.shape())?
+        }))
+    }
+
     /// `self` when already dense row-major, else a dense copy.
     pub fn contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() {

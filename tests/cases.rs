@@ -1,0 +1,350 @@
+//! One test per case of `shared/cases/autograd.md` (small inputs cut down from public bug
+//! reports, with correct values), named after the case id. Tolerances as the cases file
+//! states: f64 atol 1e-9, rtol 1e-7; f32 atol 1e-5, rtol 1e-4.
+
+use engine::{DType, Tensor};
+
+const F64_TOL: (f64, f64) = (1e-9, 1e-7);
+const F32_TOL: (f64, f64) = (1e-5, 1e-4);
+
+fn tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F64 => F64_TOL,
+        DType::F32 => F32_TOL,
+    }
+}
+
+/// A leaf of `dtype` that requires grad.
+fn leaf(v: &[f64], shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::from_f64s(v, shape, dtype)
+        .unwrap()
+        .requires_grad_(true)
+        .unwrap()
+}
+
+/// Assert `t` has `shape` and values within the dtype's tolerance of `want`.
+#[track_caller]
+fn assert_values(what: &str, t: &Tensor, shape: &[usize], want: &[f64]) {
+    assert_eq!(t.shape(), shape, "{what}: shape");
+    let (atol, rtol) = tol(t.dtype());
+    let got = t.to_vec_f64().unwrap();
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{what}[{i}]: got {g}, want {w} (all: {got:?})"
+        );
+    }
+}
+
+/// The gradient of `t`, which must exist.
+#[track_caller]
+fn grad(t: &Tensor) -> Tensor {
+    t.grad().expect("missing gradient")
+}
+
+#[test]
+fn bc01_broadcast_bias_grad() {
+    for dtype in [DType::F64, DType::F32] {
+        let x = Tensor::from_f64s(&[1., 2., 3., 4., 5., 6.], &[2, 3], dtype).unwrap();
+        let w = leaf(&[0.1, 0.2, 0.3], &[3, 1], dtype);
+        let b = leaf(&[1., 2., 3.], &[1, 3], dtype);
+        let t = leaf(&[1., 2.], &[2, 1], dtype);
+        // (2×1) + (1×3) broadcasts to (2×3).
+        let y = x.matmul(&w).unwrap().add(&b).unwrap();
+        assert_values("Y", &y, &[2, 3], &[2.4, 3.4, 4.4, 4.2, 5.2, 6.2]);
+        let l = y.sub(&t).unwrap().sqr().unwrap().sum_all().unwrap();
+        assert_values("L", &l, &[], &[52.0]);
+        l.backward().unwrap();
+        // Every gradient has exactly its parameter's shape.
+        assert_values("dW", &grad(&w), &[3, 1], &[91.2, 124.8, 158.4]);
+        assert_values("db", &grad(&b), &[1, 3], &[7.2, 11.2, 15.2]);
+        assert_values("dt", &grad(&t), &[2, 1], &[-14.4, -19.2]);
+        assert!(x.grad().is_none());
+    }
+}
+
+#[test]
+fn bc02_accumulate_multiple_uses() {
+    let x = leaf(&[1., 2.], &[1, 1, 2], DType::F64);
+    // upsample_nearest to length 4, emulated as a broadcast of a new trailing dim.
+    let up = x
+        .unsqueeze(3)
+        .unwrap()
+        .broadcast_as(&[1, 1, 2, 2])
+        .unwrap()
+        .reshape(&[1, 1, 4])
+        .unwrap();
+    assert_values("upsampled", &up, &[1, 1, 4], &[1., 1., 2., 2.]);
+    let l = up
+        .sum_all()
+        .unwrap()
+        .add(&x.mul_scalar(3.0).unwrap().sum_all().unwrap())
+        .unwrap();
+    l.backward().unwrap();
+    // 2 from the upsample plus 3 from the scale, in whatever order nodes are visited.
+    assert_values("dx", &grad(&x), &[1, 1, 2], &[5., 5.]);
+
+    // The same with the two terms in the other order.
+    let x = leaf(&[1., 2.], &[1, 1, 2], DType::F64);
+    let up = x
+        .unsqueeze(3)
+        .unwrap()
+        .broadcast_as(&[1, 1, 2, 2])
+        .unwrap()
+        .reshape(&[1, 1, 4])
+        .unwrap();
+    let l = x
+        .mul_scalar(3.0)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .add(&up.sum_all().unwrap())
+        .unwrap();
+    l.backward().unwrap();
+    assert_values("dx (reversed)", &grad(&x), &[1, 1, 2], &[5., 5.]);
+
+    // Companion: L = Σ (x ⊙ x) + Σ x uses x three times; dL/dx = 2x + 1.
+    let x = leaf(&[1., 2.], &[1, 1, 2], DType::F64);
+    let l = x
+        .mul(&x)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .add(&x.sum_all().unwrap())
+        .unwrap();
+    l.backward().unwrap();
+    assert_values("companion dx", &grad(&x), &[1, 1, 2], &[3., 5.]);
+}
+
+#[test]
+fn bc03_equal_leaves_distinct() {
+    let pair = || (leaf(&[3.0], &[], DType::F64), leaf(&[3.0], &[], DType::F64));
+    let (w1, w2) = pair();
+    assert_ne!(w1.id(), w2.id());
+    w1.add(&w2).unwrap().backward().unwrap();
+    assert_values("d(w1+w2)/dw1", &grad(&w1), &[], &[1.0]);
+    assert_values("d(w1+w2)/dw2", &grad(&w2), &[], &[1.0]);
+
+    let (w1, w2) = pair();
+    w1.mul(&w2).unwrap().backward().unwrap();
+    assert_values("d(w1·w2)/dw1", &grad(&w1), &[], &[3.0]);
+    assert_values("d(w1·w2)/dw2", &grad(&w2), &[], &[3.0]);
+
+    let (w1, w2) = pair();
+    w1.add(&w1).unwrap().backward().unwrap();
+    assert_values("d(w1+w1)/dw1", &grad(&w1), &[], &[2.0]);
+    assert!(w2.grad().is_none());
+}
+
+#[test]
+fn bc05_max_ties_split_evenly() {
+    for dtype in [DType::F64, DType::F32] {
+        let x = leaf(&[1., 3., 3., 2.], &[4], dtype);
+        let y = x.max(&[0], false).unwrap();
+        assert_values("y", &y, &[], &[3.0]);
+        y.backward().unwrap();
+        let g = grad(&x);
+        assert_values("dy/dx", &g, &[4], &[0., 0.5, 0.5, 0.]);
+        // The gradient sums to 1 (the mask-only rule would give 2).
+        assert_values("Σ dy/dx", &g.sum_all().unwrap(), &[], &[1.0]);
+    }
+}
+
+#[test]
+fn bc17_matmul_strided_views() {
+    for dtype in [DType::F64, DType::F32] {
+        let a = leaf(&[1., 2., 3., 4., 5., 6.], &[2, 3], dtype);
+        let b = leaf(&[7., 8., 9., 10., 11., 12.], &[2, 3], dtype);
+        let bt = b.t().unwrap();
+        assert_eq!(bt.shape(), &[3, 2]);
+        assert_eq!(bt.layout().strides(), &[1, 3]);
+        assert!(!bt.is_contiguous());
+        let c = a.matmul(&bt).unwrap();
+        assert_values("A·Bᵀ", &c, &[2, 2], &[50., 68., 122., 167.]);
+        // All-ones upstream gradient.
+        c.sum_all().unwrap().backward().unwrap();
+        assert_values("dA", &grad(&a), &[2, 3], &[17., 19., 21., 17., 19., 21.]);
+        assert_values("dB", &grad(&b), &[2, 3], &[5., 7., 9., 5., 7., 9.]);
+    }
+
+    // A 1×2048 row view with strides (16384, 1) times a transposed 2048×32 view.
+    // Values are multiples of 1/4 in [-2, 2], so f32 products and sums are exact.
+    let q = |i: usize| ((i * 7 + 3) % 17) as f64 / 4.0 - 2.0;
+    for dtype in [DType::F32, DType::F64] {
+        let big: Vec<f64> = (0..2 * 16384).map(q).collect();
+        let x_store = leaf(&big, &[2, 16384], dtype);
+        let row = x_store
+            .narrow(0, 1, 1)
+            .unwrap()
+            .narrow(1, 512, 2048)
+            .unwrap();
+        assert_eq!(row.shape(), &[1, 2048]);
+        assert_eq!(row.layout().strides(), &[16384, 1]);
+        // The stride of the size-1 dim does not matter for contiguity.
+        assert!(row.is_contiguous());
+        let (wr, wc) = (40, 2100);
+        let wv: Vec<f64> = (0..wr * wc).map(|i| q(i + 5)).collect();
+        let w_store = leaf(&wv, &[wr, wc], dtype);
+        let wt = w_store
+            .narrow(0, 3, 32)
+            .unwrap()
+            .narrow(1, 50, 2048)
+            .unwrap()
+            .t()
+            .unwrap();
+        assert_eq!(wt.shape(), &[2048, 32]);
+        assert_eq!(wt.layout().strides(), &[1, wc]);
+        let y = row.matmul(&wt).unwrap();
+        // Naive reference: y[j] = Σ_p row[p]·W[3+j][50+p].
+        let rowv = |p: usize| big[16384 + 512 + p];
+        let wat = |r: usize, c: usize| wv[r * wc + c];
+        let want: Vec<f64> = (0..32)
+            .map(|j| (0..2048).map(|p| rowv(p) * wat(3 + j, 50 + p)).sum())
+            .collect();
+        assert_values("row·Wᵀ", &y, &[1, 32], &want);
+        // Gradients land in the big storages at the viewed positions only.
+        y.sum_all().unwrap().backward().unwrap();
+        let gx = grad(&x_store).to_vec_f64().unwrap();
+        assert_eq!(gx.len(), 2 * 16384);
+        for (i, &g) in gx.iter().enumerate() {
+            let want = if (16384 + 512..16384 + 512 + 2048).contains(&i) {
+                let p = i - 16384 - 512;
+                (0..32).map(|j| wat(3 + j, 50 + p)).sum()
+            } else {
+                0.0
+            };
+            assert_eq!(g, want, "dx[{i}]");
+        }
+        let gw = grad(&w_store).to_vec_f64().unwrap();
+        for r in 0..wr {
+            for c in 0..wc {
+                let want = if (3..35).contains(&r) && (50..50 + 2048).contains(&c) {
+                    rowv(c - 50)
+                } else {
+                    0.0
+                };
+                assert_eq!(gw[r * wc + c], want, "dW[{r}][{c}]");
+            }
+        }
+    }
+}
+
+#[test]
+fn bc18_zero_size() {
+    // Case A: (0×3)·(3×2) is 0×2; L = Σ = 0; dA is 0×3 and dB = zeros(3×2) is present.
+    let a = leaf(&[], &[0, 3], DType::F64);
+    let b = leaf(&[1., 2., 3., 4., 5., 6.], &[3, 2], DType::F64);
+    let c = a.matmul(&b).unwrap();
+    assert_eq!(c.shape(), &[0, 2]);
+    let l = c.sum_all().unwrap();
+    assert_values("L", &l, &[], &[0.0]);
+    assert!(
+        l.requires_grad(),
+        "the zero-size product dropped its autograd edges"
+    );
+    l.backward().unwrap();
+    assert_values("dA", &grad(&a), &[0, 3], &[]);
+    assert_values("dB", &grad(&b), &[3, 2], &[0.0; 6]);
+
+    // Case B: (2×0)·(0×3) = zeros(2×3); the gradients are empty but present.
+    let a = leaf(&[], &[2, 0], DType::F64);
+    let b = leaf(&[], &[0, 3], DType::F64);
+    let c = a.matmul(&b).unwrap();
+    assert_values("A·B", &c, &[2, 3], &[0.0; 6]);
+    let l = c.mul_scalar(2.0).unwrap().sum_all().unwrap();
+    l.backward().unwrap();
+    assert_values("dA", &grad(&a), &[2, 0], &[]);
+    assert_values("dB", &grad(&b), &[0, 3], &[]);
+
+    // Case C: [0] broadcast with [1] gives [0], both ways round; the [1] operand's gradient
+    // is a sum over no element: 0.
+    let z = leaf(&[], &[0], DType::F64);
+    let o = leaf(&[5.0], &[1], DType::F64);
+    let s = z.add(&o).unwrap();
+    assert_eq!(s.shape(), &[0]);
+    assert_eq!(o.mul(&z).unwrap().shape(), &[0]);
+    s.sum_all().unwrap().backward().unwrap();
+    assert_values("d[0]", &grad(&z), &[0], &[]);
+    assert_values("d[1]", &grad(&o), &[1], &[0.0]);
+    assert!(z.add(&leaf(&[1., 2.], &[2], DType::F64)).is_err());
+
+    // Sum over an empty set is 0. The mean over an empty set is NaN (0/0), as in PyTorch:
+    // that is this engine's documented behaviour (`Tensor::mean`).
+    let e = Tensor::zeros(&[0, 4], DType::F64);
+    assert_eq!(e.sum_all().unwrap().item().unwrap(), 0.0);
+    assert_values(
+        "Σ over dim 0",
+        &e.sum(&[0], false).unwrap(),
+        &[4],
+        &[0.0; 4],
+    );
+    assert!(e.mean_all().unwrap().item().unwrap().is_nan());
+    let m = e.mean(&[0], false).unwrap().to_vec::<f64>().unwrap();
+    assert_eq!(m.len(), 4);
+    assert!(m.iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn bc21_softmax_grad_not_severed() {
+    // Full-precision values (float64) of the case's p, L and dL/dx.
+    let p_want = [0.09003057317038046, 0.24472847105479764, 0.6652409557748218];
+    let l_want = 0.5105430578904046;
+    let g_want = [
+        -0.07571796004928925,
+        -0.13010479484068163,
+        0.205822754889971,
+    ];
+    // The case's six-digit figures agree.
+    let case: [f64; 3] = [-0.075718, -0.130105, 0.205823];
+    assert!(g_want.iter().zip(case).all(|(a, b)| (a - b).abs() < 1e-6));
+
+    for dtype in [DType::F64, DType::F32] {
+        // Fused path.
+        let x = leaf(&[1., 2., 3.], &[3], dtype);
+        let p = x.softmax(0).unwrap();
+        assert_values("p", &p, &[3], &p_want);
+        let l = p.sqr().unwrap().sum_all().unwrap();
+        assert_values("L", &l, &[], &[l_want]);
+        assert!(l.requires_grad(), "softmax severed the graph");
+        l.backward().unwrap();
+        assert_values("dL/dx (fused)", &grad(&x), &[3], &g_want);
+
+        // Composite path: exp / Σ exp.
+        let x2 = leaf(&[1., 2., 3.], &[3], dtype);
+        let e = x2.exp().unwrap();
+        let p2 = e.div(&e.sum(&[0], true).unwrap()).unwrap();
+        p2.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert_values("dL/dx (composite)", &grad(&x2), &[3], &g_want);
+
+        // Fused along a non-last dim of a 2-D view: each column of the transposed copy.
+        let x3 = leaf(&[1., 2., 3., 1., 2., 3.], &[2, 3], dtype);
+        let l3 = x3
+            .t()
+            .unwrap()
+            .softmax(0)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        l3.backward().unwrap();
+        let mut both = g_want.to_vec();
+        both.extend(g_want);
+        assert_values("dL/dx (dim 0 of a view)", &grad(&x3), &[2, 3], &both);
+
+        // log_softmax must not sever either: L = Σ exp(log_softmax(x))² equals the above.
+        let x4 = leaf(&[1., 2., 3.], &[3], dtype);
+        let l4 = x4
+            .log_softmax(0)
+            .unwrap()
+            .mul_scalar(2.0)
+            .unwrap()
+            .exp()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        l4.backward().unwrap();
+        assert_values("dL/dx (log_softmax)", &grad(&x4), &[3], &g_want);
+    }
+}
