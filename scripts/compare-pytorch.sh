@@ -14,7 +14,8 @@
 #          [--threads "1 2"] [--variants "pre-ln sigma-reparam"] [--busy-pct 20]
 #          [--max-tries 4] [--venv DIR] [--out DIR]
 # Needs python3 (with venv or pip) and cargo. The first run installs PyPI's `torch` wheel
-# (it brings CUDA libraries, several GB) into --venv (default .venv-compare).
+# (it brings CUDA libraries, several GB) into --venv (default .venv-compare). Every run's
+# JSON line and the table go to --out (default runs/compare-pytorch-<UTC time>/).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
         --max-tries) max_tries=$2; shift 2 ;;
         --venv) venv=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
