@@ -1,0 +1,196 @@
+//! The `lm` training step of the default model (d_model 256, 4 layers, 4 heads, batch
+//! 16 × 128, vocabulary 80, f32) and the ops that dominate it, each split where it helps into
+//! forward only (no graph recorded, under `engine::no_grad`), forward recording the graph,
+//! backward alone, and forward + backward:
+//!
+//! - `lm_step/{pre-ln,sigma-reparam}/…`: the model's loss, then the full step (forward,
+//!   backward, gradient clipping, AdamW, zero_grad) as `tasks::lm` runs it;
+//! - `causal_attention/…`: `softmax(q kᵀ/√d + mask) v` for q, k, v `[16, 4, 128, 64]`;
+//! - `layer_norm/…` over `[2048, 256]` with weight and bias;
+//! - `softmax/…` over the last dim of `[16, 4, 128, 128]`;
+//! - `cross_entropy/…`: mean loss of logits `[2048, 80]`.
+//!
+//! `cargo bench --bench lm_step -- --warm-up-time 1 --measurement-time 10`
+//! (`RAYON_NUM_THREADS=1` for one thread; `-- --test` runs each once).
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use engine::{no_grad, DType, Reduction, Tensor};
+use nn::{
+    clip_grad_norm, AdamW, AdamWConfig, Gpt, GptConfig, ModuleExt, NormPlacement, Optimizer,
+    ParamGroup,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const BATCH: usize = 16;
+const SEQ: usize = 128;
+const VOCAB: usize = 80;
+
+/// The default `lm` model of a variant with the optimizer of `tasks::lm` (weight decay on
+/// matrices only, the recipe's learning rate).
+fn model_and_optimizer(norm: NormPlacement, sigma_reparam: bool, lr: f64) -> (Gpt, AdamW) {
+    let config = GptConfig {
+        vocab_size: VOCAB,
+        block_size: SEQ,
+        d_model: 256,
+        n_layers: 4,
+        n_heads: 4,
+        dropout: 0.0,
+        norm,
+        sigma_reparam,
+        gamma_one: false,
+        emb_std: 1.0,
+        residual_scale: 1.0,
+    };
+    let model = Gpt::new(config, DType::F32, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    model.set_record_entropy(false);
+    let (mut decay, mut no_decay, mut gamma) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, p) in model.named_parameters() {
+        if name.ends_with(".gamma") {
+            gamma.push(p);
+        } else if p.rank() >= 2 {
+            decay.push(p);
+        } else {
+            no_decay.push(p);
+        }
+    }
+    let opt = AdamW::new(
+        vec![
+            ParamGroup::new(decay, 0.01),
+            ParamGroup::new(no_decay, 0.0),
+            ParamGroup::new(gamma, 0.0),
+        ],
+        AdamWConfig {
+            lr,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (model, opt)
+}
+
+fn lm_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lm_step");
+    group.sample_size(10);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let ids: Vec<usize> = (0..BATCH * SEQ).map(|_| rng.gen_range(0..VOCAB)).collect();
+    let targets: Vec<usize> = (0..BATCH * SEQ).map(|_| rng.gen_range(0..VOCAB)).collect();
+    for (name, norm, sigma_reparam, lr) in [
+        ("pre-ln", NormPlacement::Pre, false, 1e-3),
+        ("sigma-reparam", NormPlacement::None, true, 1e-2),
+    ] {
+        let (model, mut opt) = model_and_optimizer(norm, sigma_reparam, lr);
+        let params: Vec<Tensor> = model.parameters();
+        let loss = |rng: &mut ChaCha8Rng| model.loss(&ids, &targets, BATCH, SEQ, rng).unwrap();
+        group.bench_function(format!("{name}/forward_no_grad"), |b| {
+            b.iter(|| no_grad(|| loss(&mut rng)))
+        });
+        group.bench_function(format!("{name}/forward"), |b| b.iter(|| loss(&mut rng)));
+        group.bench_function(format!("{name}/backward"), |b| {
+            b.iter_batched(
+                || {
+                    opt.zero_grad();
+                    loss(&mut rng)
+                },
+                |l| l.backward().unwrap(),
+                BatchSize::PerIteration,
+            )
+        });
+        group.bench_function(format!("{name}/train_step"), |b| {
+            b.iter(|| {
+                let l = loss(&mut rng);
+                l.item().unwrap();
+                l.backward().unwrap();
+                clip_grad_norm(&params, 1.0).unwrap();
+                opt.step().unwrap();
+                opt.zero_grad();
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Benchmarks `f` of `inputs` (leaves that require grad) reduced to a scalar by `sum_all`:
+/// forward without a graph, forward with one, backward alone, and forward + backward.
+fn fwd_bwd(c: &mut Criterion, name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
+    let mut group = c.benchmark_group(name);
+    let zero = || inputs.iter().for_each(Tensor::zero_grad);
+    group.bench_function("forward_no_grad", |b| b.iter(|| no_grad(|| f(inputs))));
+    group.bench_function("forward", |b| b.iter(|| f(inputs)));
+    group.bench_function("backward", |b| {
+        b.iter_batched(
+            || {
+                zero();
+                f(inputs).sum_all().unwrap()
+            },
+            |s| s.backward().unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("forward_backward", |b| {
+        b.iter(|| {
+            zero();
+            f(inputs).sum_all().unwrap().backward().unwrap()
+        })
+    });
+    group.finish();
+}
+
+fn leaf(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
+    Tensor::randn(shape, 0.0, 1.0, DType::F32, rng)
+        .requires_grad_(true)
+        .unwrap()
+}
+
+fn ops(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (h, dh) = (4, 64);
+    let qkv: Vec<Tensor> = (0..3)
+        .map(|_| leaf(&[BATCH, h, SEQ, dh], &mut rng))
+        .collect();
+    let mask_values: Vec<f32> = (0..SEQ * SEQ)
+        .map(|i| {
+            if i % SEQ > i / SEQ {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask_values, &[SEQ, SEQ]).unwrap();
+    let scale = 1.0 / (dh as f64).sqrt();
+    fwd_bwd(c, "causal_attention", &qkv, |t| {
+        let scores = t[0]
+            .mul_scalar(scale)
+            .unwrap()
+            .matmul(&t[1].transpose(2, 3).unwrap())
+            .unwrap()
+            .add(&mask)
+            .unwrap();
+        scores.softmax(3).unwrap().matmul(&t[2]).unwrap()
+    });
+
+    let d = 256;
+    let ln = [
+        leaf(&[BATCH * SEQ, d], &mut rng),
+        Tensor::ones(&[d], DType::F32).requires_grad_(true).unwrap(),
+        Tensor::zeros(&[d], DType::F32)
+            .requires_grad_(true)
+            .unwrap(),
+    ];
+    fwd_bwd(c, "layer_norm", &ln, |t| {
+        t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5).unwrap()
+    });
+
+    let scores = [leaf(&[BATCH, h, SEQ, SEQ], &mut rng)];
+    fwd_bwd(c, "softmax", &scores, |t| t[0].softmax(3).unwrap());
+
+    let logits = [leaf(&[BATCH * SEQ, VOCAB], &mut rng)];
+    let targets: Vec<usize> = (0..BATCH * SEQ).map(|_| rng.gen_range(0..VOCAB)).collect();
+    fwd_bwd(c, "cross_entropy", &logits, |t| {
+        t[0].cross_entropy(&targets, None, Reduction::Mean).unwrap()
+    });
+}
+
+criterion_group!(benches, lm_step, ops);
+criterion_main!(benches);
