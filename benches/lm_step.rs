@@ -15,57 +15,27 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use engine::{no_grad, DType, Reduction, Tensor};
-use nn::{
-    clip_grad_norm, AdamW, AdamWConfig, Gpt, GptConfig, ModuleExt, NormPlacement, Optimizer,
-    ParamGroup,
-};
+use nn::{clip_grad_norm, AdamW, Gpt, ModuleExt, Optimizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::path::PathBuf;
+use tasks::lm::{RunConfig, Variant};
 
 const BATCH: usize = 16;
 const SEQ: usize = 128;
 const VOCAB: usize = 80;
 
-/// The default `lm` model of a variant with the optimizer of `tasks::lm` (weight decay on
-/// matrices only, the recipe's learning rate).
-fn model_and_optimizer(norm: NormPlacement, sigma_reparam: bool, lr: f64) -> (Gpt, AdamW) {
-    let config = GptConfig {
-        vocab_size: VOCAB,
-        block_size: SEQ,
-        d_model: 256,
-        n_layers: 4,
-        n_heads: 4,
-        dropout: 0.0,
-        norm,
-        sigma_reparam,
-        gamma_one: false,
-        emb_std: 1.0,
-        residual_scale: 1.0,
-    };
-    let model = Gpt::new(config, DType::F32, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
-    model.set_record_entropy(false);
-    let (mut decay, mut no_decay, mut gamma) = (Vec::new(), Vec::new(), Vec::new());
-    for (name, p) in model.named_parameters() {
-        if name.ends_with(".gamma") {
-            gamma.push(p);
-        } else if p.rank() >= 2 {
-            decay.push(p);
-        } else {
-            no_decay.push(p);
-        }
-    }
-    let opt = AdamW::new(
-        vec![
-            ParamGroup::new(decay, 0.01),
-            ParamGroup::new(no_decay, 0.0),
-            ParamGroup::new(gamma, 0.0),
-        ],
-        AdamWConfig {
-            lr,
-            ..Default::default()
-        },
+/// The default `lm` model of a variant (entropy recording off) with `lm`'s optimizer.
+fn model_and_optimizer(variant: Variant) -> (Gpt, AdamW) {
+    let cfg = RunConfig::defaults(variant, PathBuf::new());
+    let model = Gpt::new(
+        cfg.gpt_config(VOCAB),
+        DType::F32,
+        &mut ChaCha8Rng::seed_from_u64(0),
     )
     .unwrap();
+    model.set_record_entropy(false);
+    let opt = cfg.optimizer(&model).unwrap();
     (model, opt)
 }
 
@@ -75,11 +45,11 @@ fn lm_step(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let ids: Vec<usize> = (0..BATCH * SEQ).map(|_| rng.gen_range(0..VOCAB)).collect();
     let targets: Vec<usize> = (0..BATCH * SEQ).map(|_| rng.gen_range(0..VOCAB)).collect();
-    for (name, norm, sigma_reparam, lr) in [
-        ("pre-ln", NormPlacement::Pre, false, 1e-3),
-        ("sigma-reparam", NormPlacement::None, true, 1e-2),
+    for (name, variant) in [
+        ("pre-ln", Variant::PreLn),
+        ("sigma-reparam", Variant::SigmaReparam),
     ] {
-        let (model, mut opt) = model_and_optimizer(norm, sigma_reparam, lr);
+        let (model, mut opt) = model_and_optimizer(variant);
         let params: Vec<Tensor> = model.parameters();
         let loss = |rng: &mut ChaCha8Rng| model.loss(&ids, &targets, BATCH, SEQ, rng).unwrap();
         group.bench_function(format!("{name}/forward_no_grad"), |b| {

@@ -7,12 +7,13 @@
 
 use clap::Parser;
 use engine::DType;
-use nn::{clip_grad_norm, AdamW, AdamWConfig, Gpt, GptConfig, ModuleExt, Optimizer, ParamGroup};
+use nn::{clip_grad_norm, Gpt, ModuleExt, Optimizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
+use std::path::PathBuf;
 use std::time::Instant;
-use tasks::lm::Variant;
+use tasks::lm::{RunConfig, Variant};
 
 #[derive(Debug, Parser)]
 #[command(about = "Time lm training steps on random batches; prints one JSON line")]
@@ -55,19 +56,8 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// The allocator setting of the `lm` binary (tasks/src/bin/lm.rs): keep freed memory in the
-/// process instead of returning it to the kernel and faulting it back in every step.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before any other thread runs.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    keep_freed_memory();
+    tasks::keep_freed_memory();
     let a = Args::parse();
     if [
         a.steps,
@@ -86,51 +76,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .num_threads(n)
             .build_global()?;
     }
-    let (norm, sigma_reparam) = a.variant.layout();
-    let (lr, _, gamma_lr_scale) = a.variant.recipe();
-    let config = GptConfig {
-        vocab_size: a.vocab,
-        block_size: a.seq_len,
+    let cfg = RunConfig {
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
         d_model: a.d_model,
         n_layers: a.n_layers,
         n_heads: a.n_heads,
-        dropout: 0.0,
-        norm,
-        sigma_reparam,
-        gamma_one: false,
-        emb_std: 1.0,
-        residual_scale: 1.0,
+        seed: a.seed,
+        ..RunConfig::defaults(a.variant, PathBuf::new())
     };
-    let model = Gpt::new(config, DType::F32, &mut ChaCha8Rng::seed_from_u64(a.seed))?;
-    model.set_record_entropy(false);
-    // The parameter groups of tasks/src/lm.rs: weight decay on matrices only, γ apart.
-    let (mut decay, mut no_decay, mut gamma) = (Vec::new(), Vec::new(), Vec::new());
-    for (name, p) in model.named_parameters() {
-        if name.ends_with(".gamma") {
-            gamma.push(p);
-        } else if p.rank() >= 2 {
-            decay.push(p);
-        } else {
-            no_decay.push(p);
-        }
-    }
-    let params: Vec<_> = decay
-        .iter()
-        .chain(&no_decay)
-        .chain(&gamma)
-        .cloned()
-        .collect();
-    let mut opt = AdamW::new(
-        vec![
-            ParamGroup::new(decay, 0.01),
-            ParamGroup::new(no_decay, 0.0),
-            ParamGroup::new(gamma, 0.0).with_lr_scale(gamma_lr_scale),
-        ],
-        AdamWConfig {
-            lr,
-            ..Default::default()
-        },
+    let model = Gpt::new(
+        cfg.gpt_config(a.vocab),
+        DType::F32,
+        &mut ChaCha8Rng::seed_from_u64(a.seed),
     )?;
+    model.set_record_entropy(false);
+    let params = model.parameters();
+    let mut opt = cfg.optimizer(&model)?;
 
     let mut data_rng = ChaCha8Rng::seed_from_u64(a.seed + 1);
     let mut dropout_rng = ChaCha8Rng::seed_from_u64(a.seed + 2);

@@ -159,6 +159,51 @@ impl RunConfig {
         }
     }
 
+    /// The model this run trains, for a vocabulary of `vocab_size` characters.
+    pub fn gpt_config(&self, vocab_size: usize) -> GptConfig {
+        let (norm, sigma_reparam) = self.variant.layout();
+        GptConfig {
+            vocab_size,
+            block_size: self.seq_len,
+            d_model: self.d_model,
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            dropout: self.dropout,
+            norm,
+            sigma_reparam,
+            gamma_one: self.gamma_one,
+            emb_std: self.emb_std,
+            residual_scale: self.residual_scale,
+        }
+    }
+
+    /// AdamW over `model`'s parameters in `lm`'s three groups: matrices with
+    /// `weight_decay`; vectors (biases, norms, embeddings' 1-D parts) without; σReparam's γ
+    /// without decay and with `gamma_lr_scale` times the learning rate.
+    pub fn optimizer(&self, model: &Gpt) -> Result<AdamW> {
+        let (mut decay, mut no_decay, mut gamma) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, p) in model.named_parameters() {
+            if name.ends_with(".gamma") {
+                gamma.push(p);
+            } else if p.rank() >= 2 {
+                decay.push(p);
+            } else {
+                no_decay.push(p);
+            }
+        }
+        Ok(AdamW::new(
+            vec![
+                ParamGroup::new(decay, self.weight_decay),
+                ParamGroup::new(no_decay, 0.0),
+                ParamGroup::new(gamma, 0.0).with_lr_scale(self.gamma_lr_scale),
+            ],
+            AdamWConfig {
+                lr: self.lr,
+                ..Default::default()
+            },
+        )?)
+    }
+
     /// The same configuration training on `data`.
     pub fn with_data(mut self, data: &Path) -> RunConfig {
         self.data = data.to_path_buf();
@@ -312,43 +357,13 @@ impl Trainer {
                 }
             );
         }
-        let (norm, sigma_reparam) = cfg.variant.layout();
-        let gpt = GptConfig {
-            vocab_size: data.vocab.len(),
-            block_size: cfg.seq_len,
-            d_model: cfg.d_model,
-            n_layers: cfg.n_layers,
-            n_heads: cfg.n_heads,
-            dropout: cfg.dropout,
-            norm,
-            sigma_reparam,
-            gamma_one: cfg.gamma_one,
-            emb_std: cfg.emb_std,
-            residual_scale: cfg.residual_scale,
-        };
-        let model = Gpt::new(gpt, DType::F32, &mut seeded(cfg.seed, 0))?;
-        let params = model.named_parameters();
-        let (mut decay, mut no_decay, mut gamma) = (Vec::new(), Vec::new(), Vec::new());
-        for (name, p) in &params {
-            if name.ends_with(".gamma") {
-                gamma.push(p.clone());
-            } else if p.rank() >= 2 {
-                decay.push(p.clone());
-            } else {
-                no_decay.push(p.clone());
-            }
-        }
-        let opt = AdamW::new(
-            vec![
-                ParamGroup::new(decay, cfg.weight_decay),
-                ParamGroup::new(no_decay, 0.0),
-                ParamGroup::new(gamma, 0.0).with_lr_scale(cfg.gamma_lr_scale),
-            ],
-            AdamWConfig {
-                lr: cfg.lr,
-                ..Default::default()
-            },
+        let model = Gpt::new(
+            cfg.gpt_config(data.vocab.len()),
+            DType::F32,
+            &mut seeded(cfg.seed, 0),
         )?;
+        let params = model.named_parameters();
+        let opt = cfg.optimizer(&model)?;
         let sched = CosineSchedule {
             base_lr: cfg.lr,
             min_lr: cfg.lr * cfg.min_lr_ratio,

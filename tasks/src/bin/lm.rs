@@ -105,20 +105,8 @@ struct Args {
     quiet: bool,
 }
 
-/// Keep freed memory in the process: training allocates and frees the same large buffers
-/// every step, and glibc would otherwise return them to the kernel and fault them back in
-/// (about 8% of a step).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before any other thread runs.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 fn main() {
-    keep_freed_memory();
+    tasks::keep_freed_memory();
     let args = Args::parse();
     if let Some(n) = args.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
