@@ -348,3 +348,21 @@ fn bc21_softmax_grad_not_severed() {
         assert_values("dL/dx (log_softmax)", &grad(&x4), &[3], &g_want);
     }
 }
+
+/// Shapes whose element count overflows `usize` are refused, never wrapped around (a wrapped
+/// count would give a tensor with fewer elements than its shape claims).
+#[test]
+fn element_count_overflow_is_an_error() {
+    let huge = [1usize << 32, 1 << 32];
+    let err = Tensor::from_vec(Vec::<f32>::new(), &huge).unwrap_err();
+    assert!(
+        err.to_string().contains("more elements than usize"),
+        "{err}"
+    );
+    let empty = Tensor::from_vec(Vec::<f32>::new(), &[0]).unwrap();
+    assert!(empty.reshape(&huge).is_err());
+    let one = Tensor::from_vec(vec![1.0f32], &[1, 1]).unwrap();
+    assert!(one.broadcast_as(&huge).is_err());
+    assert_eq!(engine::checked_numel(&huge), None);
+    assert_eq!(engine::checked_numel(&[3, 0, 5]), Some(0));
+}

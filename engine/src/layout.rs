@@ -26,6 +26,21 @@ pub fn contiguous_strides(shape: &[usize]) -> Shape {
     strides
 }
 
+/// Number of elements of `shape`, or `None` when it overflows `usize`.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// Number of elements of `shape`, erroring (naming `op` and the shape) when it overflows.
+pub(crate) fn numel_of(op: &'static str, shape: &[usize]) -> Result<usize> {
+    checked_numel(shape).ok_or_else(|| {
+        Error::invalid(
+            op,
+            format!("shape {shape:?} has more elements than usize can count"),
+        )
+    })
+}
+
 /// NumPy broadcasting of two shapes: align on the right; each pair of sizes must be equal
 /// or one of them 1. A size 0 broadcast against 1 gives 0.
 pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Shape> {
@@ -137,6 +152,7 @@ impl Layout {
         if shape.len() < self.rank() {
             return Err(err());
         }
+        numel_of(op, shape)?;
         let lead = shape.len() - self.rank();
         let mut strides: Shape = SmallVec::from_elem(0, shape.len());
         for d in 0..self.rank() {

@@ -25,7 +25,7 @@ pub use device::Device;
 pub use dtype::{DType, Float};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, gradcheck_with, GradcheckOptions, GradcheckReport};
-pub use layout::{broadcast_shapes, Layout, Shape};
+pub use layout::{broadcast_shapes, checked_numel, Layout, Shape};
 pub use ops::{Reduction, IGNORE_INDEX};
 pub use sigma_reparam::{sigma_reparam_linear, GammaInit, PowerIterState, NORM_EPS, SIGMA_EPS};
 pub use storage::{CpuStorage, Storage};

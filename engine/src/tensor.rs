@@ -2,7 +2,7 @@
 
 use crate::autograd::{self, GradFn};
 use crate::dtype::with_dtype;
-use crate::layout::{broadcast_shapes, Layout};
+use crate::layout::{broadcast_shapes, numel_of, Layout};
 use crate::storage::{CpuStorage, Storage};
 use crate::{DType, Device, Error, Float, Result};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -111,7 +111,7 @@ impl Tensor {
     ///
     /// Errors with [`Error::InvalidArgument`] when `data.len()` is not the product of `shape`.
     pub fn from_vec<T: Float>(data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = numel_of("from_vec", shape)?;
         if data.len() != n {
             return Err(Error::invalid(
                 "from_vec",
@@ -135,8 +135,11 @@ impl Tensor {
     }
 
     /// A tensor of `shape` filled with `value`.
+    ///
+    /// # Panics
+    /// When the element count overflows `usize` or cannot be allocated, as `vec!` does.
     pub fn full(shape: &[usize], value: f64, dtype: DType) -> Tensor {
-        let n = shape.iter().product();
+        let n = numel_or_panic(shape);
         with_dtype!(dtype, T => Tensor::from_cpu(T::wrap(vec![T::from_f64_lossy(value); n]), shape))
     }
 
@@ -176,6 +179,7 @@ impl Tensor {
     }
 
     /// Uniform samples in `[lo, hi)` drawn from `rng` (reproducible for a seeded RNG).
+    /// Panics like [`Tensor::full`].
     pub fn rand(
         shape: &[usize],
         lo: f64,
@@ -183,7 +187,7 @@ impl Tensor {
         dtype: DType,
         rng: &mut impl rand::Rng,
     ) -> Tensor {
-        let n: usize = shape.iter().product();
+        let n = numel_or_panic(shape);
         let v: Vec<f64> = (0..n)
             .map(|_| rng.gen_range(lo..hi.max(lo + f64::MIN_POSITIVE)))
             .collect();
@@ -191,6 +195,7 @@ impl Tensor {
     }
 
     /// Normal samples with `mean` and standard deviation `std` drawn from `rng`.
+    /// Panics like [`Tensor::full`].
     pub fn randn(
         shape: &[usize],
         mean: f64,
@@ -199,7 +204,7 @@ impl Tensor {
         rng: &mut impl rand::Rng,
     ) -> Tensor {
         use rand_distr::Distribution;
-        let n: usize = shape.iter().product();
+        let n = numel_or_panic(shape);
         let normal = rand_distr::StandardNormal;
         let v: Vec<f64> = (0..n)
             .map(|_| {
@@ -491,4 +496,11 @@ impl Tensor {
     pub(crate) fn inner(&self) -> &TensorInner {
         &self.0
     }
+}
+
+/// Element count of a shape for the infallible constructors, which panic on overflow like
+/// `vec!` does on capacity overflow.
+fn numel_or_panic(shape: &[usize]) -> usize {
+    crate::layout::checked_numel(shape)
+        .unwrap_or_else(|| panic!("shape {shape:?} has more elements than usize can count"))
 }

@@ -38,7 +38,7 @@ impl Tensor {
     ///
     /// Errors with [`Error::ShapeMismatch`] when the element counts differ.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        if shape.iter().product::<usize>() != self.numel() {
+        if crate::layout::checked_numel(shape) != Some(self.numel()) {
             return Err(Error::ShapeMismatch {
                 op: "reshape",
                 lhs: self.shape().to_vec(),
