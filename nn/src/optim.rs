@@ -424,7 +424,16 @@ impl Optimizer for Sgd {
 /// every gradient is scaled in place by `max_norm / (norm + 1e-6)` (PyTorch's
 /// `clip_grad_norm_`). A non-finite norm is returned as is and nothing is scaled, so the
 /// caller can stop on it.
+///
+/// `max_norm` must be finite and > 0 (a negative bound would flip every gradient's sign and 0
+/// would erase them): otherwise [`Error::Config`] is returned and no gradient is touched. To
+/// train without clipping, do not call this function.
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
+    if !(max_norm.is_finite() && max_norm > 0.0) {
+        return Err(Error::Config(format!(
+            "clip_grad_norm: max_norm must be finite and > 0, got {max_norm}"
+        )));
+    }
     let grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
     let mut sq = 0.0;
     for g in &grads {
@@ -663,6 +672,22 @@ mod tests {
         close(&b.grad().unwrap().to_vec_f64().unwrap(), &[4.0 * s]);
         set_grad(&b, &[f64::NAN]);
         assert!(clip_grad_norm(&params, 1.0).unwrap().is_nan());
+    }
+
+    #[test]
+    fn clip_refuses_a_max_norm_that_is_not_positive_and_finite() {
+        let a = leaf(&[0.0, 0.0]);
+        set_grad(&a, &[3.0, 4.0]);
+        let params = vec![a.clone()];
+        for bad in [-1.0, 0.0, f64::NAN, f64::INFINITY] {
+            let err = clip_grad_norm(&params, bad).unwrap_err().to_string();
+            assert!(
+                err.contains("max_norm must be finite and > 0"),
+                "{bad}: {err}"
+            );
+            // The gradient is left untouched.
+            close(&a.grad().unwrap().to_vec_f64().unwrap(), &[3.0, 4.0]);
+        }
     }
 
     #[test]
