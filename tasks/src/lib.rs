@@ -15,6 +15,9 @@ pub enum Error {
     /// The data file is not UTF-8 text.
     #[error("{path} is not valid UTF-8 text (first invalid byte at byte {offset}); pass a UTF-8 text file")]
     NotUtf8 { path: PathBuf, offset: usize },
+    /// A setting is invalid; the message names the flag and the accepted range.
+    #[error("{0}")]
+    Config(String),
     /// The data cannot be used (empty, too short, ...).
     #[error("data: {0}")]
     Data(String),

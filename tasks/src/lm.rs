@@ -204,11 +204,115 @@ impl RunConfig {
         )?)
     }
 
+    /// Check every setting before anything is created, naming the `lm` flag at fault:
+    /// positive sizes and intervals, `--lr`, `--grad-clip`, `--emb-std`, `--residual-scale`
+    /// and `--temperature` finite and > 0, `--weight-decay` and `--gamma-lr-scale` finite and
+    /// ≥ 0, `--dropout` in [0, 1), `--n-heads` dividing `--d-model`, and attention memory
+    /// (see [`attention_bytes`]) within half of the machine's memory.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        let positive = [
+            ("--steps", self.steps),
+            ("--batch-size", self.batch_size),
+            ("--seq-len", self.seq_len),
+            ("--d-model", self.d_model),
+            ("--n-layers", self.n_layers),
+            ("--n-heads", self.n_heads),
+            ("--log-every", self.log_every),
+            ("--eval-every", self.eval_every),
+            ("--eval-batches", self.eval_batches),
+            ("--checkpoint-every", self.checkpoint_every),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                return bad(format!("{flag} must be at least 1"));
+            }
+        }
+        let above_zero = [
+            ("--lr", self.lr),
+            ("--grad-clip", self.grad_clip),
+            ("--emb-std", self.emb_std),
+            ("--residual-scale", self.residual_scale),
+            ("--temperature", self.temperature),
+        ];
+        for (flag, v) in above_zero {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{flag} must be finite and > 0, got {v}"));
+            }
+        }
+        let at_least_zero = [
+            ("--weight-decay", self.weight_decay),
+            ("--gamma-lr-scale", self.gamma_lr_scale),
+            ("min_lr_ratio", self.min_lr_ratio),
+        ];
+        for (flag, v) in at_least_zero {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{flag} must be finite and >= 0, got {v}"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("--dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if self.d_model % self.n_heads != 0 {
+            return bad(format!(
+                "--n-heads {} must divide --d-model {}",
+                self.n_heads, self.d_model
+            ));
+        }
+        if let Some(total) = mem_total_bytes() {
+            let need = attention_bytes(self);
+            if need > total / 2 {
+                return bad(format!(
+                    "--batch-size {} × --seq-len {} needs about {} for the attention matrices \
+                     alone ({} layers × {} heads × {}² × 4 bytes per sequence), more than half \
+                     of this machine's {} of memory; lower --seq-len or --batch-size",
+                    self.batch_size,
+                    self.seq_len,
+                    gib(need),
+                    self.n_layers,
+                    self.n_heads,
+                    self.seq_len,
+                    gib(total)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The same configuration training on `data`.
     pub fn with_data(mut self, data: &Path) -> RunConfig {
         self.data = data.to_path_buf();
         self
     }
+}
+
+/// Bytes of the attention probabilities a training step keeps for the backward pass:
+/// `n_layers · batch · n_heads · seq_len² · 4` (f32), saturating instead of overflowing.
+/// Activations of the other layers come on top; this term is the one that grows with the
+/// square of the context.
+pub fn attention_bytes(cfg: &RunConfig) -> u128 {
+    [
+        cfg.n_layers,
+        cfg.batch_size,
+        cfg.n_heads,
+        cfg.seq_len,
+        cfg.seq_len,
+        4,
+    ]
+    .iter()
+    .fold(1u128, |acc, &x| acc.saturating_mul(x as u128))
+}
+
+/// `MemTotal` of `/proc/meminfo` in bytes, or `None` where it cannot be read.
+fn mem_total_bytes() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn gib(bytes: u128) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u128 << 30) as f64)
 }
 
 /// What a finished (or stopped) run reports.
@@ -226,6 +330,8 @@ pub struct RunSummary {
     pub tokens_per_sec: f64,
     /// The generated sample (empty when `sample_chars` is 0 or the run was stopped early).
     pub sample: String,
+    /// `--resume` found the run already finished and did nothing.
+    pub already_complete: bool,
 }
 
 /// How to run: a fresh configuration or a directory to resume, plus process options.
@@ -239,7 +345,7 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// Show a progress bar and print lines.
     pub verbose: bool,
-    /// Draw plots at the end.
+    /// Draw plots at the end (the `lm` program always does, `--quiet` included).
     pub plots: bool,
     /// May run the fetch script when the default data file is missing.
     pub fetch: bool,
@@ -527,10 +633,20 @@ pub fn run(cfg: Option<RunConfig>, opts: &RunOptions) -> Result<RunSummary> {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
     };
-    std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let ckpt_path = opts.out.join(CHECKPOINT_FILE);
     let metrics_path = opts.out.join(METRICS_FILE);
+    if opts.stop_after == Some(0) {
+        return Err(Error::Config("--stop-after must be at least 1".into()));
+    }
     let (mut tr, start, mut log) = if opts.resume {
+        // Nothing is created or rewritten before the checkpoint is known to be usable.
+        if !ckpt_path.is_file() {
+            return Err(Error::Config(format!(
+                "--resume {}: there is no {} to resume; pass the --out directory of an earlier run",
+                opts.out.display(),
+                ckpt_path.display()
+            )));
+        }
         let ckpt = Checkpoint::load(&ckpt_path).map_err(nn::Error::from)?;
         let state: SavedState = serde_json::from_str(&ckpt.config).map_err(|e| {
             Error::Data(format!(
@@ -538,18 +654,42 @@ pub fn run(cfg: Option<RunConfig>, opts: &RunOptions) -> Result<RunSummary> {
                 ckpt_path.display()
             ))
         })?;
+        let step = ckpt.step as usize;
+        if step >= state.config.steps {
+            return already_complete(step, opts);
+        }
+        if let Some(s) = opts.stop_after.filter(|&s| s <= step) {
+            return Err(Error::Config(format!(
+                "--stop-after {s} is not beyond the checkpoint in {}, which is at step {step}",
+                opts.out.display()
+            )));
+        }
+        if !metrics_path.is_file() {
+            return Err(Error::Config(format!(
+                "--resume {}: {} is missing, so the resumed run's metrics would be incomplete; \
+                 put it back, or start a new run with --out",
+                opts.out.display(),
+                metrics_path.display()
+            )));
+        }
         let vocab = Vocab::from_chars(state.vocab.chars().collect());
         let mut tr = Trainer::new(state.config.clone(), Some(vocab), opts.verbose)?;
         tr.restore(&ckpt, &state)?;
         let log = MetricsLog::resume(&metrics_path, ckpt.step)?;
         if opts.verbose {
-            eprintln!("resuming {} at step {}", opts.out.display(), ckpt.step);
+            eprintln!(
+                "resuming {} at step {step} of {} with its saved configuration",
+                opts.out.display(),
+                state.config.steps
+            );
         }
-        (tr, ckpt.step as usize, log)
+        (tr, step, log)
     } else {
         let cfg = cfg.ok_or_else(|| Error::Data("no configuration to start a run".into()))?;
+        cfg.validate()?;
         ensure_data(&cfg.data, opts.fetch, opts.verbose)?;
         let tr = Trainer::new(cfg, None, opts.verbose)?;
+        std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
         let log = MetricsLog::create(&metrics_path)?;
         (tr, 0, log)
     };
@@ -677,6 +817,13 @@ pub fn run(cfg: Option<RunConfig>, opts: &RunOptions) -> Result<RunSummary> {
             write_plots(&opts.out)?;
         }
     }
+    if end < cfg.steps && opts.verbose {
+        eprintln!(
+            "stopped at step {end} of {}; continue with:\n    cargo run --release -p tasks --bin lm -- --resume {}",
+            cfg.steps,
+            opts.out.display()
+        );
+    }
     let summary = json!({
         "steps": end, "seconds": seconds, "tokens_per_sec": tokens_per_sec,
         "train_loss": last_loss, "val_loss": last_val,
@@ -698,6 +845,29 @@ pub fn run(cfg: Option<RunConfig>, opts: &RunOptions) -> Result<RunSummary> {
         seconds,
         tokens_per_sec,
         sample,
+        already_complete: false,
+    })
+}
+
+/// The answer to `--resume` on a run whose checkpoint is at its last step: nothing is
+/// trained or rewritten; the losses are read back from its metrics.
+fn already_complete(step: usize, opts: &RunOptions) -> Result<RunSummary> {
+    if opts.verbose {
+        eprintln!(
+            "{} is already complete ({step} of {step} steps); nothing to do (outputs left as they are)",
+            opts.out.display()
+        );
+    }
+    let recs = read_records(&opts.out.join(METRICS_FILE))?;
+    let last = |key: &str| recs.iter().rev().find_map(|r| r[key].as_f64());
+    Ok(RunSummary {
+        steps: step,
+        val_loss: last("val_loss"),
+        train_loss: last("loss").unwrap_or(f64::NAN),
+        seconds: 0.0,
+        tokens_per_sec: 0.0,
+        sample: std::fs::read_to_string(opts.out.join("sample.txt")).unwrap_or_default(),
+        already_complete: true,
     })
 }
 
@@ -707,7 +877,8 @@ impl Trainer {
     }
 }
 
-/// `loss.svg`, `entropy.svg` and `sigma_gamma.svg` from the metrics of the run in `out`.
+/// `loss.svg`, `entropy.svg` and, for variants with σReparam layers, `sigma_gamma.svg` from
+/// the metrics of the run in `out`.
 pub fn write_plots(out: &Path) -> Result<()> {
     let recs = read_records(&out.join(METRICS_FILE))?;
     let pts = |key: &str| -> Vec<(f64, f64)> {
@@ -774,6 +945,10 @@ pub fn write_plots(out: &Path) -> Result<()> {
         .into_iter()
         .filter(|n: &String| n.ends_with("attn.q") || n.ends_with("attn.k") || n == "head")
         .collect();
+    if names.is_empty() {
+        // No σReparam layer: there is no σ or γ to draw.
+        return Ok(());
+    }
     let mut sg = Vec::new();
     for (i, name) in names.iter().enumerate() {
         for (key, dashed) in [("sigma", false), ("gamma", true)] {

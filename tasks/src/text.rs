@@ -12,8 +12,15 @@ use std::path::Path;
 /// Errors: [`Error::DataMissing`] when the file does not exist (the message carries
 /// `fetch_hint`, the command that creates it), [`Error::Io`] when it cannot be read,
 /// [`Error::NotUtf8`] with the byte offset of the first invalid sequence, and
-/// [`Error::Data`] when it is empty.
+/// [`Error::Data`] when it is empty or a directory.
 pub fn load_text(path: &Path, fetch_hint: &str) -> Result<String> {
+    if path.is_dir() {
+        return Err(Error::Data(format!(
+            "{} is a directory, not a text file; pass a UTF-8 text file with --data (for example {})",
+            path.display(),
+            path.join("input.txt").display()
+        )));
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

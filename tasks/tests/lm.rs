@@ -69,15 +69,11 @@ fn short_run_on_real_text_lowers_the_loss() {
     assert!(first > 3.8, "initial loss {first}");
     assert!(last_val < 2.8, "validation loss {last_val} after 200 steps");
     assert_eq!(summary.sample.chars().count(), 20);
-    for f in [
-        "loss.svg",
-        "entropy.svg",
-        "sigma_gamma.svg",
-        "sample.txt",
-        CHECKPOINT_FILE,
-    ] {
+    for f in ["loss.svg", "entropy.svg", "sample.txt", CHECKPOINT_FILE] {
         assert!(out.join(f).exists(), "{f} missing");
     }
+    // pre-ln has no σReparam layer, so there is no σ/γ chart.
+    assert!(!out.join("sigma_gamma.svg").exists());
     std::fs::remove_dir_all(&out).unwrap();
 }
 
@@ -195,4 +191,188 @@ fn divergence_stops_with_the_step_named() {
     }
     assert!(err.to_string().contains("at step"), "{err}");
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+fn config_error(cfg: RunConfig, out: &Path) -> String {
+    match run(Some(cfg), &opts(out)) {
+        Err(e @ Error::Config(_)) => e.to_string(),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_settings_are_refused_naming_the_flag_before_anything_is_written() {
+    let out = tmp("invalid");
+    let base = tiny(Variant::PreLn, 10);
+    let cases: Vec<(RunConfig, &str)> = vec![
+        (
+            RunConfig {
+                temperature: 0.0,
+                ..base.clone()
+            },
+            "--temperature must be finite and > 0, got 0",
+        ),
+        (
+            RunConfig {
+                temperature: f64::NAN,
+                ..base.clone()
+            },
+            "--temperature must be finite and > 0, got NaN",
+        ),
+        (
+            RunConfig {
+                grad_clip: -1.0,
+                ..base.clone()
+            },
+            "--grad-clip must be finite and > 0, got -1",
+        ),
+        (
+            RunConfig {
+                lr: 0.0,
+                ..base.clone()
+            },
+            "--lr must be finite and > 0, got 0",
+        ),
+        (
+            RunConfig {
+                weight_decay: -0.1,
+                ..base.clone()
+            },
+            "--weight-decay must be finite and >= 0, got -0.1",
+        ),
+        (
+            RunConfig {
+                emb_std: 0.0,
+                ..base.clone()
+            },
+            "--emb-std must be finite and > 0, got 0",
+        ),
+        (
+            RunConfig {
+                gamma_lr_scale: f64::INFINITY,
+                ..base.clone()
+            },
+            "--gamma-lr-scale must be finite and >= 0, got inf",
+        ),
+        (
+            RunConfig {
+                residual_scale: f64::NAN,
+                ..base.clone()
+            },
+            "--residual-scale must be finite and > 0, got NaN",
+        ),
+        (
+            RunConfig {
+                n_layers: 0,
+                ..base.clone()
+            },
+            "--n-layers must be at least 1",
+        ),
+    ];
+    for (cfg, expected) in cases {
+        assert_eq!(config_error(cfg, &out), expected);
+    }
+    if std::fs::read_to_string("/proc/meminfo").is_ok() {
+        let err = config_error(
+            RunConfig {
+                seq_len: 100_000,
+                ..base.clone()
+            },
+            &out,
+        );
+        // 2 layers × 8 sequences × 2 heads × 100000² × 4 bytes = 1.28e12 bytes.
+        assert!(
+            err.starts_with("--batch-size 8 × --seq-len 100000 needs about 1192.1 GiB"),
+            "{err}"
+        );
+    }
+    assert!(!out.exists(), "a refused run created {}", out.display());
+}
+
+#[test]
+fn data_that_is_a_directory_says_what_to_pass() {
+    let out = tmp("data-dir");
+    let dir = std::env::temp_dir();
+    let err = run(Some(tiny(Variant::PreLn, 10).with_data(&dir)), &opts(&out))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is a directory, not a text file; pass a UTF-8 text file with --data"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn resume_of_a_missing_run_creates_nothing() {
+    let out = tmp("resume-missing");
+    let err = run(
+        None,
+        &RunOptions {
+            resume: true,
+            ..opts(&out)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("there is no"), "{err}");
+    assert!(
+        err.contains("pass the --out directory of an earlier run"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn resume_of_a_finished_run_changes_nothing_and_a_missing_log_is_refused() {
+    let out = tmp("resume-finished");
+    let resume = RunOptions {
+        resume: true,
+        ..opts(&out)
+    };
+    let done = run(Some(tiny(Variant::PreLn, 10)), &opts(&out)).unwrap();
+    let summary = std::fs::read(out.join("summary.json")).unwrap();
+    let again = run(None, &resume).unwrap();
+    assert!(again.already_complete);
+    assert_eq!(again.steps, 10);
+    assert_eq!(again.train_loss, done.train_loss);
+    assert_eq!(again.val_loss, done.val_loss);
+    assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), summary);
+
+    // A stopped run whose metrics log went missing cannot be resumed faithfully.
+    let stopped = tmp("resume-no-log");
+    run(
+        Some(tiny(Variant::PreLn, 10)),
+        &RunOptions {
+            stop_after: Some(5),
+            ..opts(&stopped)
+        },
+    )
+    .unwrap();
+    let resume = RunOptions {
+        resume: true,
+        ..opts(&stopped)
+    };
+    let err = run(
+        None,
+        &RunOptions {
+            stop_after: Some(5),
+            ..resume.clone()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("--stop-after 5 is not beyond the checkpoint in"),
+        "{err}"
+    );
+    std::fs::remove_file(stopped.join(METRICS_FILE)).unwrap();
+    let err = run(None, &resume).unwrap_err().to_string();
+    assert!(
+        err.contains("metrics.jsonl is missing, so the resumed run's metrics would be incomplete"),
+        "{err}"
+    );
+    assert!(!stopped.join(METRICS_FILE).exists());
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&stopped).unwrap();
 }

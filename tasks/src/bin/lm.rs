@@ -1,7 +1,8 @@
 //! `lm`: train a character-level transformer language model on real text, with σReparam
 //! variants, attention-entropy diagnostics, checkpoints, plots and a generated sample.
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
 use tasks::lm::{run, RunConfig, RunOptions, Variant, DEFAULT_DATA};
 
@@ -9,7 +10,15 @@ use tasks::lm::{run, RunConfig, RunOptions, Variant, DEFAULT_DATA};
 /// entropy. Writes metrics.jsonl, checkpoint.safetensors, loss/entropy/σ-γ plots (SVG) and
 /// sample.txt to --out.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    allow_negative_numbers = true,
+    about = "Train a character-level transformer language model (Shakespeare by default; \
+             plain, LayerNorm or σReparam variants) and log its attention entropy. Writes \
+             metrics.jsonl, checkpoint.safetensors, summary.json, SVG plots and sample.txt \
+             to --out.",
+    long_about = None
+)]
 struct Args {
     /// Model variant: LayerNorm placement and plain or σReparam linear layers.
     #[arg(long, value_enum, default_value = "pre-ln")]
@@ -51,7 +60,7 @@ struct Args {
     /// AdamW weight decay of weight matrices.
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
-    /// Clip the global gradient norm to this.
+    /// Clip the global gradient norm to this (must be > 0; clipping cannot be turned off).
     #[arg(long, default_value_t = 1.0)]
     grad_clip: f64,
     /// Standard deviation of token and position embeddings at initialization.
@@ -70,19 +79,21 @@ struct Args {
     /// Output directory [default: runs/lm-<variant>].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run saved in DIR (its configuration is reused; model flags are ignored).
+    /// Continue the run saved in DIR with its saved configuration. Only --threads, --quiet,
+    /// --stop-after and --no-fetch may be given with it; any other flag is an error. A run
+    /// already at its last step is left as it is.
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
     /// Characters of text to generate at the end.
     #[arg(long, default_value_t = 600)]
     sample_chars: usize,
-    /// Sampling temperature.
+    /// Sampling temperature (finite and > 0).
     #[arg(long, default_value_t = 0.8)]
     temperature: f64,
-    /// Worker threads [default: all cores]. Results do not depend on it.
+    /// Worker threads, 1 to 1024 [default, or 0: all cores]. Results do not depend on it.
     #[arg(long)]
     threads: Option<usize>,
-    /// Steps between metrics records.
+    /// Steps between metrics records (step 1 and the last step are always logged).
     #[arg(long, default_value_t = 10)]
     log_every: usize,
     /// Steps between validation losses.
@@ -100,41 +111,59 @@ struct Args {
     /// Never run the fetch script; stop with the command to run instead.
     #[arg(long)]
     no_fetch: bool,
-    /// No progress bar or plots.
+    /// Print nothing but errors (no progress bar, no sample); files are written as usual.
     #[arg(long)]
     quiet: bool,
 }
 
+/// Flags that may accompany --resume (the run's own configuration is restored from its
+/// checkpoint; these only change how this process runs).
+const RESUME_FLAGS: [&str; 5] = ["resume", "threads", "quiet", "stop_after", "no_fetch"];
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(2);
+}
+
 fn main() {
     tasks::keep_freed_memory();
-    let args = Args::parse();
+    let command = Args::command();
+    let flags: Vec<String> = command
+        .get_arguments()
+        .map(|a| a.get_id().as_str().to_string())
+        .collect();
+    let matches = command.get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if args.resume.is_some() {
+        let given: Vec<String> = flags
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !RESUME_FLAGS.contains(id))
+            .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        if !given.is_empty() {
+            fail(format!(
+                "--resume continues with the configuration saved in the checkpoint; {} cannot \
+                 be given with it (allowed: --threads, --quiet, --stop-after, --no-fetch)",
+                given.join(", ")
+            ));
+        }
+    }
     if let Some(n) = args.threads {
+        if n > 1024 {
+            fail(format!(
+                "--threads {n} is more than 1024; use at most the number of cores (0 = all cores)"
+            ));
+        }
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
         {
-            eprintln!("error: cannot start {n} threads: {e}");
-            std::process::exit(2);
+            fail(format!("cannot start {n} threads: {e}"));
         }
     }
     let (lr, warmup, gamma_lr_scale) = args.variant.recipe();
-    let positive = [
-        ("--steps", args.steps),
-        ("--batch-size", args.batch_size),
-        ("--seq-len", args.seq_len),
-        ("--d-model", args.d_model),
-        ("--n-heads", args.n_heads),
-        ("--log-every", args.log_every),
-        ("--eval-every", args.eval_every),
-        ("--eval-batches", args.eval_batches),
-        ("--checkpoint-every", args.checkpoint_every),
-    ];
-    for (flag, v) in positive {
-        if v == 0 {
-            eprintln!("error: {flag} must be positive");
-            std::process::exit(2);
-        }
-    }
     let cfg = RunConfig {
         variant: args.variant,
         lr: args.lr.unwrap_or(lr),
@@ -175,11 +204,15 @@ fn main() {
         resume: args.resume.is_some(),
         stop_after: args.stop_after,
         verbose: !args.quiet,
-        plots: !args.quiet,
+        plots: true,
         fetch: !args.no_fetch,
     };
-    if let Err(e) = run(Some(cfg), &opts) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+    match run(Some(cfg), &opts) {
+        Ok(_) => {}
+        Err(e @ tasks::Error::Config(_)) => fail(e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
     }
 }
