@@ -253,7 +253,7 @@ impl RunConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("--dropout must be in [0, 1), got {}", self.dropout));
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return bad(format!(
                 "--n-heads {} must divide --d-model {}",
                 self.n_heads, self.d_model
