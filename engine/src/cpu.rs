@@ -135,6 +135,27 @@ pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     out
 }
 
+/// `out[i] = f(a[i], b[i], c[i])` over three contiguous slices of equal length.
+pub(crate) fn map3<T: Float>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T + Sync) -> Vec<T> {
+    debug_assert!(a.len() == b.len() && b.len() == c.len());
+    if sequential(a.len()) {
+        return a
+            .iter()
+            .zip(b)
+            .zip(c)
+            .map(|((&x, &y), &z)| f(x, y, z))
+            .collect();
+    }
+    let mut out = Vec::with_capacity(a.len());
+    a.par_iter()
+        .zip(b.par_iter())
+        .zip(c.par_iter())
+        .with_min_len(DENSE_GRAIN)
+        .map(|((&x, &y), &z)| f(x, y, z))
+        .collect_into_vec(&mut out);
+    out
+}
+
 /// Raw pointer that may cross threads; the caller guarantees disjoint writes.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr<T>(pub(crate) *mut T);
