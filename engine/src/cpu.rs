@@ -64,7 +64,7 @@ pub(crate) fn fill_rows<T: Float>(
 }
 
 /// Whether elementwise work of `n` elements runs on the calling thread.
-fn sequential(n: usize) -> bool {
+pub(crate) fn sequential(n: usize) -> bool {
     n < PAR_MIN_ELEMS || rayon::current_num_threads() == 1
 }
 
