@@ -86,10 +86,13 @@ fn gemm_batched<T: Float>(
 ) -> Vec<T> {
     let r = la.rank();
     let n_batch: usize = la.shape()[..r - 2].iter().product();
-    let mut out = vec![T::zero(); n_batch * m * n];
-    if out.is_empty() || k == 0 {
-        return out;
+    let len = n_batch * m * n;
+    if len == 0 || k == 0 {
+        return vec![T::zero(); len];
     }
+    // Left uninitialized: with beta = 0, matrixmultiply documents that C "does not need to
+    // be initialized", and the blocks below tile every product's `m × n` result.
+    let mut out: Vec<T> = Vec::with_capacity(len);
     let batch_of = |l: &Layout| {
         Layout::new(
             l.shape()[..r - 2].into(),
@@ -153,5 +156,7 @@ fn gemm_batched<T: Float>(
             }
         });
     }
+    // SAFETY: the capacity is `len`, and every element was written by `run` above.
+    unsafe { out.set_len(len) };
     out
 }
