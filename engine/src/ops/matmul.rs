@@ -28,8 +28,8 @@ impl Tensor {
         Ok(out.record(&[self, other], "matmul", move |g| {
             // dA = g·Bᵀ, dB = Aᵀ·g; the engine sums broadcast batch dims back.
             Ok(vec![
-                if rga { Some(g.matmul(&b.t()?)?) } else { None },
-                if rgb { Some(a.t()?.matmul(g)?) } else { None },
+                rga.then(|| g.matmul(&b.t()?)).transpose()?,
+                rgb.then(|| rhs_grad(&a, &b, g)).transpose()?,
             ])
         }))
     }
@@ -69,6 +69,37 @@ impl Tensor {
             Tensor::from_vec(v, &out_shape)
         })
     }
+}
+
+/// `dB = Aᵀ·g` for `C = A·B`, computed so that it needs no reduction or copy afterwards:
+/// - a 2-D `B` shared by a batched `A` gets `Σ_batch A[b]ᵀ·g[b]` as one product over the
+///   flattened batch rows, not a batch of products summed by the engine;
+/// - a column-major `B` (a transposed view, as `Wᵀ` in `x @ Wᵀ`) gets `(gᵀ·A)ᵀ`, the same
+///   numbers laid out so that the gradient reaching `W` through the transpose is dense
+///   and can become `W`'s grad without a copy.
+fn rhs_grad(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let (k, n) = (b.shape()[b.rank() - 2], b.shape()[b.rank() - 1]);
+    let (a, g) = if b.rank() == 2 && a.rank() > 2 && k > 0 && n > 0 {
+        (
+            a.reshape(&[a.numel() / k, k])?,
+            g.reshape(&[g.numel() / n, n])?,
+        )
+    } else {
+        (a.clone(), g.clone())
+    };
+    if column_major(b) {
+        g.t()?.matmul(&a)?.t()
+    } else {
+        a.t()?.matmul(&g)
+    }
+}
+
+/// Whether the last two dims of `t` are laid out column-major: unit stride down the rows
+/// and not along them.
+fn column_major(t: &Tensor) -> bool {
+    let s = t.layout().strides();
+    let r = s.len();
+    s[r - 2] == 1 && s[r - 1] != 1
 }
 
 /// `C[b] = alpha·A[b]·B[b]` for every batch index; `la`, `lb` are broadcast to the batch
