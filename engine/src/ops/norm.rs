@@ -23,7 +23,7 @@ const PARAM_BLOCK_ROWS: usize = 32;
 
 /// `(mean, rstd)` of every row of length `d`, flattened as `[mean₀, rstd₀, mean₁, …]`.
 fn all_row_stats<T: Float>(x: &[T], d: usize, eps: T) -> Vec<T> {
-    let n_rows = if d == 0 { 0 } else { x.len() / d };
+    let n_rows = x.len().checked_div(d).unwrap_or(0);
     map_rows(n_rows, d, |r| row_stats(&x[r * d..(r + 1) * d], eps))
         .into_iter()
         .flat_map(|(m, s)| [m, s])
