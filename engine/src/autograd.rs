@@ -9,11 +9,14 @@
 //! - Node identity is a [`crate::TensorId`], never a value.
 //! - Kinks and ties: `relu'(0) = 0`; `max` splits the gradient evenly among tied maxima.
 
+use crate::layout::Layout;
+use crate::storage::Storage;
 use crate::{Error, Result, Tensor, TensorId};
 use smallvec::SmallVec;
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// Hasher for [`TensorId`] keys: ids are distinct integers, so one multiplication mixes
 /// them enough, and SipHash (the std default) dominated the cost of small backward passes.
@@ -70,14 +73,14 @@ impl Drop for GradFn {
     fn drop(&mut self) {
         let mut pending: Vec<Tensor> = self.inputs.drain(..).collect();
         while let Some(t) = pending.pop() {
-            let Ok(inner) = std::sync::Arc::try_unwrap(t.0) else {
+            let Ok(inner) = Arc::try_unwrap(t.0) else {
                 continue; // still shared: only the count drops
             };
             let gf = inner
                 .grad_fn
                 .into_inner()
                 .unwrap_or_else(|e| e.into_inner());
-            if let Some(Ok(mut gf)) = gf.map(std::sync::Arc::try_unwrap) {
+            if let Some(Ok(mut gf)) = gf.map(Arc::try_unwrap) {
                 pending.extend(gf.inputs.drain(..));
             }
         }
@@ -238,11 +241,40 @@ fn accumulate_leaf(leaf: &Tensor, g: Tensor) -> Result<()> {
     let mut slot = leaf.inner().grad.lock().expect("grad lock poisoned");
     let new = match slot.take() {
         Some(prev) => prev.add(&g)?,
-        // A fresh, dense tensor that shares memory with nothing the user holds.
-        None => g.dense_copy()?,
+        // A fresh, dense tensor that shares memory with nothing the user holds: the
+        // gradient itself when it is the sole owner of dense storage (the usual case, a
+        // freshly computed tensor), else a copy.
+        None => match sole_dense_owner(g) {
+            Ok(fresh) => fresh,
+            Err(g) => g.dense_copy()?,
+        },
     };
     *slot = Some(new);
     Ok(())
+}
+
+/// `g` re-wrapped as a fresh untracked leaf over the same memory when no other tensor can
+/// reach that memory (no other handle to `g`, no other tensor on its storage) and `g` is
+/// dense over all of it; `Err(g)` otherwise.
+fn sole_dense_owner(g: Tensor) -> std::result::Result<Tensor, Tensor> {
+    let storage = &g.0.storage;
+    let unique = Arc::strong_count(&g.0) == 1
+        && Arc::strong_count(storage) == 1
+        && Arc::weak_count(storage) == 0;
+    let whole = match &*g.read_storage() {
+        Storage::Cpu(cs) => g.layout().contiguous_range() == Some(0..cs.len()),
+    };
+    if !(unique && whole) {
+        return Err(g);
+    }
+    Ok(Tensor::from_parts_typed(
+        storage.clone(),
+        Layout::contiguous(g.shape()),
+        true,
+        None,
+        g.dtype(),
+        g.device(),
+    ))
 }
 
 /// Tensors reachable from `root` through recorded nodes, in post-order (inputs first).
@@ -280,4 +312,29 @@ fn topo_order(root: &Tensor) -> Result<Vec<Tensor>> {
         }
     }
     Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DType, Tensor};
+
+    /// Leaves handed the same gradient tensor (both inputs of an add) get separate memory,
+    /// and so does a leaf whose gradient is a fresh tensor.
+    #[test]
+    fn leaf_grads_never_alias() {
+        let leaf = || {
+            Tensor::ones(&[2, 3], DType::F64)
+                .requires_grad_(true)
+                .unwrap()
+        };
+        let (a, b, c) = (leaf(), leaf(), leaf());
+        let y = a.add(&b).unwrap().mul(&c).unwrap();
+        y.sum_all().unwrap().backward().unwrap();
+        let (ga, gb, gc) = (a.grad().unwrap(), b.grad().unwrap(), c.grad().unwrap());
+        ga.copy_(&Tensor::zeros(&[2, 3], DType::F64)).unwrap();
+        assert_eq!(gb.to_vec::<f64>().unwrap(), vec![1.0; 6]);
+        assert_eq!(gc.to_vec::<f64>().unwrap(), vec![2.0; 6]);
+        gc.copy_(&Tensor::zeros(&[2, 3], DType::F64)).unwrap();
+        assert_eq!(gb.to_vec::<f64>().unwrap(), vec![1.0; 6]);
+    }
 }

@@ -64,7 +64,7 @@ pub(crate) fn fill_rows<T: Float>(
 }
 
 /// Whether elementwise work of `n` elements runs on the calling thread.
-fn sequential(n: usize) -> bool {
+pub(crate) fn sequential(n: usize) -> bool {
     n < PAR_MIN_ELEMS || rayon::current_num_threads() == 1
 }
 
@@ -131,6 +131,27 @@ pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     x.par_iter()
         .with_min_len(DENSE_GRAIN)
         .map(|&v| f(v))
+        .collect_into_vec(&mut out);
+    out
+}
+
+/// `out[i] = f(a[i], b[i], c[i])` over three contiguous slices of equal length.
+pub(crate) fn map3<T: Float>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T + Sync) -> Vec<T> {
+    debug_assert!(a.len() == b.len() && b.len() == c.len());
+    if sequential(a.len()) {
+        return a
+            .iter()
+            .zip(b)
+            .zip(c)
+            .map(|((&x, &y), &z)| f(x, y, z))
+            .collect();
+    }
+    let mut out = Vec::with_capacity(a.len());
+    a.par_iter()
+        .zip(b.par_iter())
+        .zip(c.par_iter())
+        .with_min_len(DENSE_GRAIN)
+        .map(|((&x, &y), &z)| f(x, y, z))
         .collect_into_vec(&mut out);
     out
 }

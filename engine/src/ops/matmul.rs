@@ -28,8 +28,8 @@ impl Tensor {
         Ok(out.record(&[self, other], "matmul", move |g| {
             // dA = g·Bᵀ, dB = Aᵀ·g; the engine sums broadcast batch dims back.
             Ok(vec![
-                if rga { Some(g.matmul(&b.t()?)?) } else { None },
-                if rgb { Some(a.t()?.matmul(g)?) } else { None },
+                rga.then(|| g.matmul(&b.t()?)).transpose()?,
+                rgb.then(|| rhs_grad(&a, &b, g)).transpose()?,
             ])
         }))
     }
@@ -71,6 +71,37 @@ impl Tensor {
     }
 }
 
+/// `dB = Aᵀ·g` for `C = A·B`, computed so that it needs no reduction or copy afterwards:
+/// - a 2-D `B` shared by a batched `A` gets `Σ_batch A[b]ᵀ·g[b]` as one product over the
+///   flattened batch rows, not a batch of products summed by the engine;
+/// - a column-major `B` (a transposed view, as `Wᵀ` in `x @ Wᵀ`) gets `(gᵀ·A)ᵀ`, the same
+///   numbers laid out so that the gradient reaching `W` through the transpose is dense
+///   and can become `W`'s grad without a copy.
+fn rhs_grad(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let (k, n) = (b.shape()[b.rank() - 2], b.shape()[b.rank() - 1]);
+    let (a, g) = if b.rank() == 2 && a.rank() > 2 && k > 0 && n > 0 {
+        (
+            a.reshape(&[a.numel() / k, k])?,
+            g.reshape(&[g.numel() / n, n])?,
+        )
+    } else {
+        (a.clone(), g.clone())
+    };
+    if column_major(b) {
+        g.t()?.matmul(&a)?.t()
+    } else {
+        a.t()?.matmul(&g)
+    }
+}
+
+/// Whether the last two dims of `t` are laid out column-major: unit stride down the rows
+/// and not along them.
+fn column_major(t: &Tensor) -> bool {
+    let s = t.layout().strides();
+    let r = s.len();
+    s[r - 2] == 1 && s[r - 1] != 1
+}
+
 /// `C[b] = alpha·A[b]·B[b]` for every batch index; `la`, `lb` are broadcast to the batch
 /// shape.
 #[allow(clippy::too_many_arguments)]
@@ -86,10 +117,13 @@ fn gemm_batched<T: Float>(
 ) -> Vec<T> {
     let r = la.rank();
     let n_batch: usize = la.shape()[..r - 2].iter().product();
-    let mut out = vec![T::zero(); n_batch * m * n];
-    if out.is_empty() || k == 0 {
-        return out;
+    let len = n_batch * m * n;
+    if len == 0 || k == 0 {
+        return vec![T::zero(); len];
     }
+    // Left uninitialized: with beta = 0, matrixmultiply documents that C "does not need to
+    // be initialized", and the blocks below tile every product's `m × n` result.
+    let mut out: Vec<T> = Vec::with_capacity(len);
     let batch_of = |l: &Layout| {
         Layout::new(
             l.shape()[..r - 2].into(),
@@ -153,5 +187,7 @@ fn gemm_batched<T: Float>(
             }
         });
     }
+    // SAFETY: the capacity is `len`, and every element was written by `run` above.
+    unsafe { out.set_len(len) };
     out
 }

@@ -2,9 +2,10 @@
 //! Normalization", arXiv:1607.06450; PyTorch `nn.functional.layer_norm`), one fused op
 //! with an analytic backward for the input, the weight and the bias.
 
-use crate::cpu::{dense, fill_rows};
+use crate::cpu::{dense, fill_rows, map_rows, sequential};
 use crate::dtype::with_dtype;
 use crate::{Error, Float, Result, Tensor};
+use rayon::prelude::*;
 
 /// Mean and `1/√(var + eps)` of one row. The variance takes two passes (mean first, then
 /// `Σ(x − mean)²`), which avoids the cancellation of `E[x²] − E[x]²`; it is biased
@@ -16,50 +17,112 @@ fn row_stats<T: Float>(row: &[T], eps: T) -> (T, T) {
     (mean, T::one() / (var + eps).sqrt())
 }
 
-/// `x̂ = (x − mean)·rstd` row by row, rows of length `d`.
-fn normalized<T: Float>(x: &[T], d: usize, eps: T) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    fill_rows(&mut out, d, |r, o| {
-        let row = &x[r * d..(r + 1) * d];
-        let (mean, rstd) = row_stats(row, eps);
-        for (oj, &xj) in o.iter_mut().zip(row) {
-            *oj = (xj - mean) * rstd;
-        }
-    });
-    out
+/// Rows per partial sum of the weight and bias gradients. Fixed, so the summation order,
+/// and with it the result, does not depend on the thread count.
+const PARAM_BLOCK_ROWS: usize = 32;
+
+/// `(mean, rstd)` of every row of length `d`, flattened as `[mean₀, rstd₀, mean₁, …]`.
+fn all_row_stats<T: Float>(x: &[T], d: usize, eps: T) -> Vec<T> {
+    let n_rows = x.len().checked_div(d).unwrap_or(0);
+    map_rows(n_rows, d, |r| row_stats(&x[r * d..(r + 1) * d], eps))
+        .into_iter()
+        .flat_map(|(m, s)| [m, s])
+        .collect()
 }
 
-/// `x̂ ⊙ w + b` row by row (each factor optional).
-fn forward<T: Float>(x: &[T], w: Option<&[T]>, b: Option<&[T]>, d: usize, eps: T) -> Vec<T> {
-    let mut y = normalized(x, d, eps);
-    fill_rows(&mut y, d, |_, o| {
-        for (j, v) in o.iter_mut().enumerate() {
-            *v = *v * w.map_or(T::one(), |w| w[j]) + b.map_or(T::zero(), |b| b[j]);
+/// `x̂ ⊙ w + b` row by row with `x̂ = (x − mean)·rstd` (each factor optional), given the
+/// per-row `stats` of [`all_row_stats`].
+fn forward<T: Float>(x: &[T], stats: &[T], w: Option<&[T]>, b: Option<&[T]>, d: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    fill_rows(&mut y, d, |r, o| {
+        let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+        for (j, (v, &xj)) in o.iter_mut().zip(&x[r * d..(r + 1) * d]).enumerate() {
+            let xhat = (xj - mean) * rstd;
+            *v = xhat * w.map_or(T::one(), |w| w[j]) + b.map_or(T::zero(), |b| b[j]);
         }
     });
     y
 }
 
-/// Input gradient, row by row: with `ĝ = g ⊙ w` (or `g` without weight),
-/// `dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))`.
-fn backward_input<T: Float>(x: &[T], g: &[T], w: Option<&[T]>, d: usize, eps: T) -> Vec<T> {
+/// Gradients of one layer norm from the saved row statistics, in one pass over the rows:
+/// the input gradient `dx` and, per block of [`PARAM_BLOCK_ROWS`] rows, partial column sums
+/// `[Σ g ⊙ x̂ ; Σ g]` (`2·d` values per block).
+struct Backward<T> {
+    dx: Vec<T>,
+    partials: Vec<T>,
+}
+
+impl<T: Float> Backward<T> {
+    fn run(x: &[T], g: &[T], stats: &[T], w: Option<&[T]>, d: usize) -> Self {
+        if x.is_empty() {
+            return Backward {
+                dx: Vec::new(),
+                partials: Vec::new(),
+            };
+        }
+        let block = PARAM_BLOCK_ROWS * d;
+        let n_blocks = x.len().div_ceil(block);
+        let mut dx = vec![T::zero(); x.len()];
+        let mut partials = vec![T::zero(); n_blocks * 2 * d];
+        let one_block = |(i, (dxb, pb)): (usize, (&mut [T], &mut [T]))| {
+            for (k, dxr) in dxb.chunks_mut(d).enumerate() {
+                let r = i * PARAM_BLOCK_ROWS + k;
+                let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+                backward_row(xr, gr, (stats[2 * r], stats[2 * r + 1]), w, dxr, pb);
+            }
+        };
+        if sequential(x.len()) {
+            dx.chunks_mut(block)
+                .zip(partials.chunks_mut(2 * d))
+                .enumerate()
+                .for_each(one_block);
+        } else {
+            dx.par_chunks_mut(block)
+                .zip(partials.par_chunks_mut(2 * d))
+                .enumerate()
+                .for_each(one_block);
+        }
+        Backward { dx, partials }
+    }
+
+    /// `(Σ_rows g ⊙ x̂, Σ_rows g)`: the block partials summed in block order.
+    fn param_grads(&self, d: usize) -> (Vec<T>, Vec<T>) {
+        let mut total = vec![T::zero(); 2 * d];
+        for p in self.partials.chunks(2 * d) {
+            total.iter_mut().zip(p).for_each(|(t, &v)| *t += v);
+        }
+        let db = total.split_off(d);
+        (total, db)
+    }
+}
+
+/// One row of the backward. Input gradient, with `ĝ = g ⊙ w` (or `g` without weight):
+/// `dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))`; `g ⊙ x̂` and `g` are added into the
+/// block's partial column sums `acc` (`2·d` values).
+fn backward_row<T: Float>(
+    xr: &[T],
+    gr: &[T],
+    (mean, rstd): (T, T),
+    w: Option<&[T]>,
+    dxr: &mut [T],
+    acc: &mut [T],
+) {
+    let d = xr.len();
     let n = T::from_f64_lossy(d as f64);
-    let mut out = vec![T::zero(); x.len()];
-    fill_rows(&mut out, d, |r, o| {
-        let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
-        let (mean, rstd) = row_stats(xr, eps);
-        let gh = |j: usize| w.map_or(gr[j], |w| gr[j] * w[j]);
-        let (mut s, mut sx) = (T::zero(), T::zero());
-        for (j, &xj) in xr.iter().enumerate() {
-            s += gh(j);
-            sx += gh(j) * (xj - mean) * rstd;
-        }
-        let (s, sx) = (s / n, sx / n);
-        for (j, (oj, &xj)) in o.iter_mut().zip(xr).enumerate() {
-            *oj = rstd * (gh(j) - s - (xj - mean) * rstd * sx);
-        }
-    });
-    out
+    let gh = |j: usize| w.map_or(gr[j], |w| gr[j] * w[j]);
+    let (acc_w, acc_b) = acc.split_at_mut(d);
+    let (mut s, mut sx) = (T::zero(), T::zero());
+    for (j, &xj) in xr.iter().enumerate() {
+        let xhat = (xj - mean) * rstd;
+        s += gh(j);
+        sx += gh(j) * xhat;
+        acc_w[j] += gr[j] * xhat;
+        acc_b[j] += gr[j];
+    }
+    let (s, sx) = (s / n, sx / n);
+    for (j, (oj, &xj)) in dxr.iter_mut().zip(xr).enumerate() {
+        *oj = rstd * (gh(j) - s - (xj - mean) * rstd * sx);
+    }
 }
 
 impl Tensor {
@@ -97,13 +160,16 @@ impl Tensor {
         if eps.is_nan() || eps < 0.0 {
             return Err(Error::invalid(op, format!("eps must be >= 0, got {eps}")));
         }
-        let out = with_dtype!(self.dtype(), T => {
+        let (out, stats) = with_dtype!(self.dtype(), T => {
             let w = weight.map(|w| w.to_vec::<T>()).transpose()?;
             let b = bias.map(|b| b.to_vec::<T>()).transpose()?;
-            let y = self.with_cpu::<T, _>(op, |xd, l| {
-                forward(&dense(xd, l), w.as_deref(), b.as_deref(), d, T::from_f64_lossy(eps))
+            let (y, stats) = self.with_cpu::<T, _>(op, |xd, l| {
+                let x = dense(xd, l);
+                let stats = all_row_stats(&x, d, T::from_f64_lossy(eps));
+                (forward(&x, &stats, w.as_deref(), b.as_deref(), d), stats)
             })?;
-            Tensor::from_vec(y, self.shape())?
+            let n_rows = stats.len() / 2;
+            (Tensor::from_vec(y, self.shape())?, Tensor::from_vec(stats, &[n_rows, 2])?)
         });
         let x = self.detach();
         let w = weight.map(Tensor::detach);
@@ -117,21 +183,21 @@ impl Tensor {
         inputs.extend(bias);
         Ok(out.record(&inputs, op, move |g| {
             with_dtype!(g.dtype(), T => {
-                let eps = T::from_f64_lossy(eps);
-                let gd = g.to_vec::<T>()?;
                 let wd = w.as_ref().map(|w| w.to_vec::<T>()).transpose()?;
-                let (dx, xhat) = x.with_cpu::<T, _>(op, |xd, l| {
-                    let xd = dense(xd, l);
-                    let dx = backward_input(&xd, &gd, wd.as_deref(), d, eps);
-                    (dx, gw.then(|| normalized(&xd, d, eps)))
-                })?;
-                let mut grads = vec![Some(Tensor::from_vec(dx, x.shape())?)];
-                // Weight and bias gradients keep the input's shape; the engine sums them to [D].
+                let bw = x.with_cpu::<T, _>(op, |xd, xl| {
+                    g.with_cpu::<T, _>(op, |gd, gl| {
+                        stats.with_cpu::<T, _>(op, |sd, _| {
+                            Backward::run(&dense(xd, xl), &dense(gd, gl), sd, wd.as_deref(), d)
+                        })
+                    })
+                })???;
+                let (dw, db) = bw.param_grads(d);
+                let mut grads = vec![Some(Tensor::from_vec(bw.dx, x.shape())?)];
                 if w.is_some() {
-                    grads.push(xhat.map(|h| g.mul(&Tensor::from_vec(h, x.shape())?)).transpose()?);
+                    grads.push(gw.then(|| Tensor::from_vec(dw, &[d])).transpose()?);
                 }
                 if has_bias {
-                    grads.push(gb.then(|| g.clone()));
+                    grads.push(gb.then(|| Tensor::from_vec(db, &[d])).transpose()?);
                 }
                 Ok(grads)
             })

@@ -10,8 +10,16 @@ use crate::{Error, Result, Tensor};
 /// as a cast to bool does in PyTorch).
 fn truth(op: &'static str, cond: &Tensor, shape: &[usize]) -> Result<Vec<bool>> {
     let l = cond.layout().broadcast_to(op, shape)?;
+    let (n, s) = l.inner();
+    let rows = l.numel().checked_div(n).unwrap_or(0);
+    // Row by row (one offset computation per row, not per element).
     with_dtype!(cond.dtype(), C => cond.with_cpu::<C, _>(op, |d, _| {
-        l.offsets().map(|o| d[o] != C::default()).collect()
+        let mut out = Vec::with_capacity(l.numel());
+        for r in 0..rows {
+            let o = l.row_offset(r);
+            out.extend((0..n).map(|j| d[o + j * s] != C::default()));
+        }
+        out
     }))
 }
 
