@@ -62,7 +62,7 @@ class Linear(nn.Module):
 class SigmaReparamLinear(nn.Module):
     """y = (γ / max(σ, ε)) · x Wᵀ + b with σ = vᵀ W u from one power step per training
     forward (no gradient through u, v; the gradient flows through σ into W), as in
-    DESIGN.md §2. u, v start from power iteration run to convergence on W₀; γ₀ = σ(W₀)."""
+    Zhai et al. 2023, eq. (2). u, v start from power iteration run to convergence on W₀; γ₀ = σ(W₀)."""
 
     def __init__(self, in_f, out_f, gen):
         super().__init__()

@@ -1,6 +1,6 @@
-//! One test per case of `shared/cases/autograd.md` (small inputs cut down from public bug
-//! reports, with correct values), named after the case id. Tolerances as the cases file
-//! states: f64 atol 1e-9, rtol 1e-7; f32 atol 1e-5, rtol 1e-4.
+//! One test per regression case (small inputs cut down from public bug reports of other
+//! tensor libraries, cited in each test, with values computed in f64), named after the case
+//! id. Tolerances: f64 atol 1e-9, rtol 1e-7; f32 atol 1e-5, rtol 1e-4.
 
 use engine::{DType, Tensor};
 

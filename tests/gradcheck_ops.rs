@@ -1,6 +1,6 @@
 //! Finite-difference gradient checks (f64, PyTorch's tolerances) of the indexing, selection,
-//! dropout, cross-entropy and layer-norm ops, and the cases BC-07, BC-09 and BC-10 of
-//! `cases/autograd.md` with their exact values.
+//! dropout, cross-entropy and layer-norm ops, and the regression cases BC-07, BC-09 and
+//! BC-10 (from public bug reports) with their exact values.
 // `&[x.clone()]` reads better than `std::slice::from_ref(&x)` in a list of gradcheck inputs.
 #![allow(clippy::cloned_ref_to_slice_refs)]
 
@@ -559,7 +559,7 @@ fn layer_norm_values() {
         .is_err());
 }
 
-// ----- cases from cases/autograd.md -----------------------------------------------------------
+// ----- regression cases from public bug reports -----------------------------------------------------------
 
 #[test]
 fn bc07_log_softmax_large_logits() {

@@ -1,5 +1,6 @@
 //! σReparam: the fused op `engine::sigma_reparam_linear`, its power-iteration state, and the
-//! `nn` linear layers built on it. Cases BC-12, BC-13, BC-15 and DESIGN.md §2.
+//! `nn` linear layers built on it. Regression cases BC-12,
+//! BC-13, BC-15 and the verified values of the σReparam gradient.
 
 use engine::{
     gradcheck, sigma_reparam_linear, DType, Error, GammaInit, PowerIterState, Tensor, SIGMA_EPS,
@@ -419,7 +420,7 @@ fn bc15_sigma_reparam_grad() {
     // ∂L/∂x = (γ/σ)·(∂L/∂y) W = 0.75 · Gᵀ · diag(2, 1).
     assert_close(&dx, &[1.5, 2.25, 3.0, 3.0], 1e-12);
 
-    // Case B (also DESIGN.md §2): W = [[1,2],[3,4]], converged vectors.
+    // Case B: W = [[1,2],[3,4]], converged vectors.
     let wv = [1., 2., 3., 4.];
     let w = leaf(&wv, &[2, 2]);
     let state = PowerIterState::init(&w, 1e-14, 1000).unwrap();
