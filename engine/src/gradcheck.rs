@@ -126,7 +126,9 @@ where
             let numeric = (plus - minus) / (2.0 * opts.eps);
             let a = analytic[i][j];
             let diff = (a - numeric).abs();
-            if !(diff <= opts.atol + opts.rtol * numeric.abs()) {
+            // False when either side is NaN, so NaN always fails.
+            let within = diff <= opts.atol + opts.rtol * numeric.abs();
+            if !within {
                 return Err(Error::GradientMismatch {
                     input: i,
                     index: j,

@@ -98,6 +98,56 @@ fn write_param(p: &Tensor, values: &[f64]) -> Result<()> {
     Ok(())
 }
 
+/// The parameter groups of an optimizer with one [`Slot`] per parameter (flattened across
+/// groups, in order), and the loop every update rule shares.
+#[derive(Debug, Clone)]
+struct Groups {
+    groups: Vec<ParamGroup>,
+    slots: Vec<Slot>,
+}
+
+impl Groups {
+    fn new(groups: Vec<ParamGroup>) -> Self {
+        let n = groups.iter().map(|g| g.params.len()).sum();
+        Groups {
+            groups,
+            slots: vec![Slot::default(); n],
+        }
+    }
+
+    fn params(&self) -> Vec<&Tensor> {
+        self.groups.iter().flat_map(|g| &g.params).collect()
+    }
+
+    fn zero_grad(&self) {
+        self.params().iter().for_each(|p| p.zero_grad());
+    }
+
+    /// For every parameter with a gradient, in order: `rule(lr, weight_decay, slot, w, g)`
+    /// with the group's learning rate (`base_lr · lr_scale`) and weight decay, the
+    /// parameter's slot, its values `w` (updated in place, then written back) and its
+    /// gradient `g`, both as `f64`.
+    fn update(
+        &mut self,
+        base_lr: f64,
+        mut rule: impl FnMut(f64, f64, &mut Slot, &mut [f64], &mut [f64]),
+    ) -> Result<()> {
+        let mut slots = self.slots.iter_mut();
+        for g in &self.groups {
+            let lr = base_lr * g.lr_scale;
+            for p in &g.params {
+                let slot = slots.next().expect("one slot per parameter");
+                let Some((mut w, mut grad)) = param_and_grad(p)? else {
+                    continue;
+                };
+                rule(lr, g.weight_decay, slot, &mut w, &mut grad);
+                write_param(p, &w)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Save slots as `"{i}.step"`, `"{i}.{a_name}"`, `"{i}.{b_name}"` (empty buffers omitted).
 fn slots_state(slots: &[Slot], a_name: &str, b_name: &str) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
@@ -209,9 +259,8 @@ impl Default for AdamWConfig {
 /// with `lr` the group's learning rate and λ its `weight_decay` (PyTorch's default is 0.01).
 #[derive(Debug, Clone)]
 pub struct AdamW {
-    groups: Vec<ParamGroup>,
+    groups: Groups,
     config: AdamWConfig,
-    slots: Vec<Slot>,
 }
 
 impl AdamW {
@@ -227,16 +276,10 @@ impl AdamW {
         if !valid {
             return Err(Error::Config(format!("AdamW: invalid {config:?}")));
         }
-        let n = groups.iter().map(|g| g.params.len()).sum();
         Ok(AdamW {
-            groups,
+            groups: Groups::new(groups),
             config,
-            slots: vec![Slot::default(); n],
         })
-    }
-
-    fn params(&self) -> Vec<&Tensor> {
-        self.groups.iter().flat_map(|g| &g.params).collect()
     }
 }
 
@@ -244,15 +287,8 @@ impl Optimizer for AdamW {
     fn step(&mut self) -> Result<()> {
         let (b1, b2) = self.config.betas;
         let eps = self.config.eps;
-        let mut i = 0;
-        for g in &self.groups {
-            let lr = self.config.lr * g.lr_scale;
-            for p in &g.params {
-                let slot = &mut self.slots[i];
-                i += 1;
-                let Some((mut w, grad)) = param_and_grad(p)? else {
-                    continue;
-                };
+        self.groups
+            .update(self.config.lr, |lr, weight_decay, slot, w, grad| {
                 if slot.a.is_empty() {
                     slot.a = vec![0.0; w.len()];
                     slot.b = vec![0.0; w.len()];
@@ -261,22 +297,20 @@ impl Optimizer for AdamW {
                 let bc1 = 1.0 - b1.powi(slot.step as i32);
                 let bc2_sqrt = (1.0 - b2.powi(slot.step as i32)).sqrt();
                 let step_size = lr / bc1;
-                let decay = 1.0 - lr * g.weight_decay;
-                for (((wi, &gi), m), v) in w.iter_mut().zip(&grad).zip(&mut slot.a).zip(&mut slot.b)
+                let decay = 1.0 - lr * weight_decay;
+                for (((wi, &gi), m), v) in
+                    w.iter_mut().zip(&*grad).zip(&mut slot.a).zip(&mut slot.b)
                 {
                     *wi *= decay;
                     *m = b1 * *m + (1.0 - b1) * gi;
                     *v = b2 * *v + (1.0 - b2) * gi * gi;
                     *wi -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
                 }
-                write_param(p, &w)?;
-            }
-        }
-        Ok(())
+            })
     }
 
     fn zero_grad(&self) {
-        self.params().iter().for_each(|p| p.zero_grad());
+        self.groups.zero_grad();
     }
 
     fn lr(&self) -> f64 {
@@ -288,11 +322,11 @@ impl Optimizer for AdamW {
     }
 
     fn state_dict(&self) -> Result<BTreeMap<String, Tensor>> {
-        slots_state(&self.slots, "exp_avg", "exp_avg_sq")
+        slots_state(&self.groups.slots, "exp_avg", "exp_avg_sq")
     }
 
     fn load_state_dict(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
-        self.slots = load_slots(&self.params(), state, "exp_avg", "exp_avg_sq")?;
+        self.groups.slots = load_slots(&self.groups.params(), state, "exp_avg", "exp_avg_sq")?;
         Ok(())
     }
 }
@@ -320,9 +354,8 @@ pub struct SgdConfig {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Sgd {
-    groups: Vec<ParamGroup>,
+    groups: Groups,
     config: SgdConfig,
-    slots: Vec<Slot>,
 }
 
 impl Sgd {
@@ -337,16 +370,10 @@ impl Sgd {
         if !valid {
             return Err(Error::Config(format!("SGD: invalid {config:?}")));
         }
-        let n = groups.iter().map(|g| g.params.len()).sum();
         Ok(Sgd {
-            groups,
+            groups: Groups::new(groups),
             config,
-            slots: vec![Slot::default(); n],
         })
-    }
-
-    fn params(&self) -> Vec<&Tensor> {
-        self.groups.iter().flat_map(|g| &g.params).collect()
     }
 }
 
@@ -358,27 +385,20 @@ impl Optimizer for Sgd {
             nesterov,
             ..
         } = self.config;
-        let mut i = 0;
-        for g in &self.groups {
-            let lr = self.config.lr * g.lr_scale;
-            for p in &g.params {
-                let slot = &mut self.slots[i];
-                i += 1;
-                let Some((mut w, mut grad)) = param_and_grad(p)? else {
-                    continue;
-                };
-                if g.weight_decay != 0.0 {
+        self.groups
+            .update(self.config.lr, |lr, weight_decay, slot, w, grad| {
+                if weight_decay != 0.0 {
                     grad.iter_mut()
-                        .zip(&w)
-                        .for_each(|(gi, &wi)| *gi += g.weight_decay * wi);
+                        .zip(&*w)
+                        .for_each(|(gi, &wi)| *gi += weight_decay * wi);
                 }
                 if momentum != 0.0 {
                     if slot.a.is_empty() {
-                        slot.a = grad.clone();
+                        slot.a = grad.to_vec();
                     } else {
                         slot.a
                             .iter_mut()
-                            .zip(&grad)
+                            .zip(&*grad)
                             .for_each(|(b, &gi)| *b = momentum * *b + (1.0 - dampening) * gi);
                     }
                     if nesterov {
@@ -390,15 +410,14 @@ impl Optimizer for Sgd {
                     }
                 }
                 slot.step += 1;
-                w.iter_mut().zip(&grad).for_each(|(wi, &gi)| *wi -= lr * gi);
-                write_param(p, &w)?;
-            }
-        }
-        Ok(())
+                w.iter_mut()
+                    .zip(&*grad)
+                    .for_each(|(wi, &gi)| *wi -= lr * gi);
+            })
     }
 
     fn zero_grad(&self) {
-        self.params().iter().for_each(|p| p.zero_grad());
+        self.groups.zero_grad();
     }
 
     fn lr(&self) -> f64 {
@@ -410,11 +429,11 @@ impl Optimizer for Sgd {
     }
 
     fn state_dict(&self) -> Result<BTreeMap<String, Tensor>> {
-        slots_state(&self.slots, "momentum_buffer", "unused")
+        slots_state(&self.groups.slots, "momentum_buffer", "unused")
     }
 
     fn load_state_dict(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
-        self.slots = load_slots(&self.params(), state, "momentum_buffer", "unused")?;
+        self.groups.slots = load_slots(&self.groups.params(), state, "momentum_buffer", "unused")?;
         Ok(())
     }
 }

@@ -140,6 +140,9 @@ fn gemm_batched<T: Float>(
     let c = SendPtr(out.as_mut_ptr());
     // The block `rows × cols` of product `i` into its slot of `out`.
     let run = |i: usize, (r0, r1): (usize, usize), (c0, c1): (usize, usize)| {
+        // Capture the whole `SendPtr` (a closure would otherwise capture only its raw,
+        // non-`Send` field).
+        #[allow(clippy::redundant_locals)]
         let c = c;
         // SAFETY: offsets index inside `a`/`b` (layouts were validated against their
         // storage when built); each (batch, block) writes a disjoint part of `out`.

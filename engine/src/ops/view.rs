@@ -10,7 +10,7 @@ impl Tensor {
     /// A dense row-major copy of the data (always copies; differentiable).
     pub fn copy(&self) -> Result<Tensor> {
         let out = with_dtype!(self.dtype(), T => {
-            let v = self.with_cpu::<T, _>("copy", |d, l| gather(d, l))?;
+            let v = self.with_cpu::<T, _>("copy", gather)?;
             Tensor::from_vec(v, self.shape())?
         });
         Ok(out.record(&[self], "copy", |g| Ok(vec![Some(g.clone())])))
