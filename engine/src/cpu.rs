@@ -4,6 +4,7 @@ use crate::layout::Layout;
 use crate::Float;
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 
 /// Elementwise work below this many elements runs on the calling thread: rayon's fork/join
 /// costs a few microseconds, which only pays off on large tensors.
@@ -96,19 +97,13 @@ pub(crate) fn zip_map<T: Float>(
 ) -> Vec<T> {
     let n = la.numel();
     if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
-        // Collected straight into the output (no zero-filled buffer to overwrite); the
-        // sequential loop vectorizes.
         let (a, b) = (&a[ra], &b[rb]);
-        if sequential(n) {
-            return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
-        }
-        let mut out = Vec::with_capacity(n);
-        a.par_iter()
-            .zip(b.par_iter())
-            .with_min_len(DENSE_GRAIN)
-            .map(|(&x, &y)| f(x, y))
-            .collect_into_vec(&mut out);
-        return out;
+        return fill_dense(n, |s, o| {
+            let r = s..s + o.len();
+            for ((o, &x), &y) in o.iter_mut().zip(&a[r.clone()]).zip(&b[r]) {
+                o.write(f(x, y));
+            }
+        });
     }
     let mut out = vec![T::zero(); n];
     let (len, sa) = la.inner();
@@ -122,38 +117,48 @@ pub(crate) fn zip_map<T: Float>(
     out
 }
 
+/// A new dense vector of `n` elements, each written once by `f(start, chunk)`, which must
+/// initialize every element of `chunk` (the output elements `start..start + chunk.len()`).
+/// Chunks run in parallel when `n` is large. No zero fill precedes the writes, and the
+/// per-chunk loops are plain slice loops that the compiler vectorizes.
+pub(crate) fn fill_dense<T: Float>(
+    n: usize,
+    f: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if sequential(n) {
+        f(0, spare);
+    } else {
+        spare
+            .par_chunks_mut(DENSE_GRAIN)
+            .enumerate()
+            .for_each(|(c, chunk)| f(c * DENSE_GRAIN, chunk));
+    }
+    // SAFETY: `f` initialized all `n` elements (the contract above), and `n <= capacity`.
+    unsafe { out.set_len(n) };
+    out
+}
+
 /// `out[i] = f(x[i])` over a contiguous slice.
 pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    if sequential(x.len()) {
-        return x.iter().map(|&v| f(v)).collect();
-    }
-    let mut out = Vec::with_capacity(x.len());
-    x.par_iter()
-        .with_min_len(DENSE_GRAIN)
-        .map(|&v| f(v))
-        .collect_into_vec(&mut out);
-    out
+    fill_dense(x.len(), |s, o| {
+        let x = &x[s..s + o.len()];
+        for (o, &v) in o.iter_mut().zip(x) {
+            o.write(f(v));
+        }
+    })
 }
 
 /// `out[i] = f(a[i], b[i], c[i])` over three contiguous slices of equal length.
 pub(crate) fn map3<T: Float>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T + Sync) -> Vec<T> {
-    debug_assert!(a.len() == b.len() && b.len() == c.len());
-    if sequential(a.len()) {
-        return a
-            .iter()
-            .zip(b)
-            .zip(c)
-            .map(|((&x, &y), &z)| f(x, y, z))
-            .collect();
-    }
-    let mut out = Vec::with_capacity(a.len());
-    a.par_iter()
-        .zip(b.par_iter())
-        .zip(c.par_iter())
-        .with_min_len(DENSE_GRAIN)
-        .map(|((&x, &y), &z)| f(x, y, z))
-        .collect_into_vec(&mut out);
-    out
+    assert!(a.len() == b.len() && b.len() == c.len());
+    fill_dense(a.len(), |s, o| {
+        let r = s..s + o.len();
+        for (((o, &x), &y), &z) in o.iter_mut().zip(&a[r.clone()]).zip(&b[r.clone()]).zip(&c[r]) {
+            o.write(f(x, y, z));
+        }
+    })
 }
 
 /// Raw pointer that may cross threads; the caller guarantees disjoint writes.
