@@ -19,8 +19,12 @@ pub(crate) fn gather<T: Float>(data: &[T], layout: &Layout) -> Vec<T> {
             let (n, s) = layout.inner();
             fill_rows(&mut out, n, |row, dst| {
                 let base = layout.row_offset(row);
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = data[base + j * s];
+                if s == 1 {
+                    dst.copy_from_slice(&data[base..base + n]);
+                } else {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = data[base + j * s];
+                    }
                 }
             });
             out
@@ -110,8 +114,31 @@ pub(crate) fn zip_map<T: Float>(
     let (_, sb) = lb.inner();
     fill_rows(&mut out, len, |row, dst| {
         let (oa, ob) = (la.row_offset(row), lb.row_offset(row));
-        for (j, d) in dst.iter_mut().enumerate() {
-            *d = f(a[oa + j * sa], b[ob + j * sb]);
+        // Rows of unit or zero stride (a broadcast bias or mask) get slice loops, which
+        // vectorize; other strides index element by element.
+        match (sa, sb) {
+            (1, 1) => {
+                for ((d, &x), &y) in dst.iter_mut().zip(&a[oa..oa + len]).zip(&b[ob..ob + len]) {
+                    *d = f(x, y);
+                }
+            }
+            (1, 0) => {
+                let y = b[ob];
+                for (d, &x) in dst.iter_mut().zip(&a[oa..oa + len]) {
+                    *d = f(x, y);
+                }
+            }
+            (0, 1) => {
+                let x = a[oa];
+                for (d, &y) in dst.iter_mut().zip(&b[ob..ob + len]) {
+                    *d = f(x, y);
+                }
+            }
+            _ => {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = f(a[oa + j * sa], b[ob + j * sb]);
+                }
+            }
         }
     });
     out
