@@ -1408,3 +1408,41 @@ fn f32_softmax_matches_f64() {
         assert!(all_close(&a, &b, 1e-4, 1e-5), "log_softmax dim {dim}");
     }
 }
+
+#[test]
+fn f32_gelu_and_its_gradient_match_f64() {
+    // The f32 GELU uses a vectorized tanh (through the fast exponential) and computes its
+    // derivative in the forward pass; compare values and gradients with f64 over a range
+    // that covers both saturated tails.
+    let mut r = rng(37);
+    let v: Vec<f64> = (0..20_000).map(|_| r.gen_range(-12.0..12.0)).collect();
+    let x32 = Tensor::from_f64s(&v, &[20_000], DType::F32).unwrap();
+    let x64 = x32.to_dtype(DType::F64).unwrap();
+    for (gelu, name) in [
+        (Tensor::gelu as fn(&Tensor) -> Result<Tensor>, "gelu"),
+        (Tensor::gelu_erf, "gelu_erf"),
+    ] {
+        let mut out = Vec::new();
+        for x in [&x32, &x64] {
+            let x = x.detach().requires_grad_(true).unwrap();
+            let y = gelu(&x).unwrap();
+            y.sum_all().unwrap().backward().unwrap();
+            out.push((
+                y.to_vec_f64().unwrap(),
+                x.grad().unwrap().to_vec_f64().unwrap(),
+            ));
+        }
+        assert!(all_close(&out[0].0, &out[1].0, 1e-6, 1e-5), "{name} values");
+        let worst = out[0]
+            .1
+            .iter()
+            .zip(&out[1].1)
+            .zip(&v)
+            .map(|((a, b), x)| ((a - b).abs(), *a, *b, *x))
+            .fold((0.0, 0.0, 0.0, 0.0), |m, e| if e.0 > m.0 { e } else { m });
+        assert!(
+            all_close(&out[0].1, &out[1].1, 1e-6, 1e-5),
+            "{name} gradients {worst:?}"
+        );
+    }
+}

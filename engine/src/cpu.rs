@@ -177,15 +177,35 @@ pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     })
 }
 
-/// `out[i] = f(a[i], b[i], c[i])` over three contiguous slices of equal length.
-pub(crate) fn map3<T: Float>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T + Sync) -> Vec<T> {
-    assert!(a.len() == b.len() && b.len() == c.len());
-    fill_dense(a.len(), |s, o| {
-        let r = s..s + o.len();
-        for (((o, &x), &y), &z) in o.iter_mut().zip(&a[r.clone()]).zip(&b[r.clone()]).zip(&c[r]) {
-            o.write(f(x, y, z));
+/// `(p[i], q[i]) = f(x[i])` over a contiguous slice: two outputs from one pass.
+pub(crate) fn map_pair<T: Float>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> (Vec<T>, Vec<T>) {
+    let n = x.len();
+    let (mut p, mut q) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (sp, sq) = (
+        &mut p.spare_capacity_mut()[..n],
+        &mut q.spare_capacity_mut()[..n],
+    );
+    let run = |x: &[T], sp: &mut [MaybeUninit<T>], sq: &mut [MaybeUninit<T>]| {
+        for ((&v, op), oq) in x.iter().zip(sp).zip(sq) {
+            let (a, b) = f(v);
+            op.write(a);
+            oq.write(b);
         }
-    })
+    };
+    if sequential(n) {
+        run(x, sp, sq);
+    } else {
+        x.par_chunks(DENSE_GRAIN)
+            .zip(sp.par_chunks_mut(DENSE_GRAIN))
+            .zip(sq.par_chunks_mut(DENSE_GRAIN))
+            .for_each(|((x, sp), sq)| run(x, sp, sq));
+    }
+    // SAFETY: the loops above wrote all `n` elements of both, and `n <= capacity`.
+    unsafe {
+        p.set_len(n);
+        q.set_len(n);
+    }
+    (p, q)
 }
 
 /// Raw pointer that may cross threads; the caller guarantees disjoint writes.

@@ -209,20 +209,34 @@ impl CausalSelfAttention {
         let heads = |y: Tensor| -> Result<Tensor> {
             Ok(y.reshape(&[b, t, h, dh])?.permute(&[0, 2, 1, 3])?)
         };
-        let q = heads(self.q.forward(x)?.mul_scalar(1.0 / (dh as f64).sqrt())?)?;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let q = heads(self.q.forward(x)?)?;
         let k = heads(self.k.forward(x)?)?;
         let v = heads(self.v.forward(x)?)?;
-        let scores = q
-            .matmul(&k.transpose(2, 3)?)?
-            .add(&self.mask(t, x.dtype())?)?;
-        let p = scores.softmax(3)?;
         if self.record.load(Ordering::Relaxed) {
+            let p = engine::no_grad(|| self.probs(&q, &k, scale))?;
             *self.entropy.lock().expect("entropy lock poisoned") = mean_entropy_per_head(&p)?;
             *self.last_input.lock().expect("input lock poisoned") = Some(x.detach());
         }
-        let p = self.attn_drop.forward(&p, rng)?;
-        let y = p.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?;
-        self.proj.forward(&y)
+        // The fused op unless dropout must act on the probabilities in between.
+        let y = if self.attn_drop.is_active() {
+            let p = self.attn_drop.forward(&self.probs(&q, &k, scale)?, rng)?;
+            p.matmul(&v)?
+        } else {
+            q.scaled_dot_product_attention(&k, &v, true, scale)?
+        };
+        self.proj
+            .forward(&y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?)
+    }
+
+    /// Causal attention probabilities `softmax(scale · q kᵀ + mask)` `[batch, heads, t, t]`
+    /// from heads `[batch, heads, t, d_head]`, as separate differentiable ops.
+    fn probs(&self, q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
+        let t = q.shape()[2];
+        Ok(q.matmul(&k.transpose(2, 3)?)?
+            .mul_scalar(scale)?
+            .add(&self.mask(t, q.dtype())?)?
+            .softmax(3)?)
     }
 
     /// Turn entropy recording on or off (off saves a pass over the probabilities on steps

@@ -28,9 +28,14 @@ impl Dropout {
         })
     }
 
+    /// Whether [`Dropout::forward`] changes its input: training mode with `p > 0`.
+    pub fn is_active(&self) -> bool {
+        self.p > 0.0 && self.training.load(Ordering::Relaxed)
+    }
+
     /// Apply dropout to `x` (any shape).
     pub fn forward(&self, x: &Tensor, rng: &mut impl rand::Rng) -> Result<Tensor> {
-        if self.p == 0.0 || !self.training.load(Ordering::Relaxed) {
+        if !self.is_active() {
             return Ok(x.clone());
         }
         Ok(x.dropout(self.p, true, rng)?)

@@ -1,4 +1,5 @@
 //! Differentiable tensor operations, one module per family.
+mod attention;
 mod binary;
 mod concat;
 mod dropout;

@@ -46,26 +46,45 @@ fn row_sum<T: Float>(row: &[T]) -> T {
     acc.iter().fold(T::zero(), |a, &b| a + b) + t
 }
 
+/// `row ← e^{row − m}` with `m` the row maximum (detached; 0 for a row without a finite
+/// entry, where `-inf − -inf` would give NaN); returns `(m, Σ e^{row − m})`.
+fn exp_shifted_in_place<T: Float>(row: &mut [T]) -> (T, T) {
+    let m = row_max(row);
+    let m = if m.is_finite() { m } else { T::zero() };
+    // Two passes: the exponentials vectorize only without the running sum.
+    for v in row.iter_mut() {
+        *v = (*v - m).fast_exp();
+    }
+    (m, row_sum(row))
+}
+
+/// Softmax of one dense row, in place.
+pub(crate) fn softmax_in_place<T: Float>(row: &mut [T]) {
+    let (_, s) = exp_shifted_in_place(row);
+    let inv = T::one() / s;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Softmax backward of one dense row, in place: `g ← y ⊙ (g − Σ g⊙y)` for the forward
+/// output `y`.
+pub(crate) fn softmax_grad_in_place<T: Float>(y: &[T], g: &mut [T]) {
+    let dot: T = y.iter().zip(g.iter()).map(|(&a, &b)| a * b).sum();
+    for (gi, &yi) in g.iter_mut().zip(y) {
+        *gi = yi * (*gi - dot);
+    }
+}
+
 /// Row-wise forward over dense rows of length `n`: subtract the row max (detached), then
 /// `p = e^{x-m} / Σ e^{x-m}` or `log p = (x - m) - ln Σ e^{x-m}`.
 fn forward_rows<T: Float>(x: &[T], n: usize, kind: Kind) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     fill_rows(&mut out, n, |r, o| {
         let row = &x[r * n..(r + 1) * n];
-        let m = row_max(row);
-        // A row of -inf (all masked) would give NaN via -inf - -inf; use 0 as shift.
-        let m = if m.is_finite() { m } else { T::zero() };
-        // Two passes: the exponentials vectorize only without the running sum.
-        for (oi, &xi) in o.iter_mut().zip(row) {
-            *oi = (xi - m).fast_exp();
-        }
-        let s = row_sum(o);
+        o.copy_from_slice(row);
         match kind {
-            Kind::Softmax => {
-                let inv = T::one() / s;
-                o.iter_mut().for_each(|v| *v *= inv);
-            }
+            Kind::Softmax => softmax_in_place(o),
             Kind::LogSoftmax => {
+                let (m, s) = exp_shifted_in_place(o);
                 // (x − m) − ln s, never x − (m + ln s): with huge logits m + ln s rounds
                 // ln s away (f32 [1e8, 1e8] would give 0 instead of −ln 2; BC-07).
                 let ls = s.ln();
@@ -86,10 +105,8 @@ fn backward_rows<T: Float>(y: &[T], g: &[T], n: usize, kind: Kind) -> Vec<T> {
         let (yr, gr) = (&y[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
         match kind {
             Kind::Softmax => {
-                let dot: T = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum();
-                for ((oi, &yi), &gi) in o.iter_mut().zip(yr).zip(gr) {
-                    *oi = yi * (gi - dot);
-                }
+                o.copy_from_slice(gr);
+                softmax_grad_in_place(yr, o);
             }
             Kind::LogSoftmax => {
                 let sg: T = row_sum(gr);

@@ -1,6 +1,7 @@
-//! Elementwise unary ops; each backward is one fused kernel `g ⊙ f'(x, y)`.
+//! Elementwise unary ops; the forward also computes `f'(x)` when a gradient will be
+//! needed, so each backward is one product `g ⊙ f'(x)`.
 
-use crate::cpu::{dense, map};
+use crate::cpu::{dense, map, map_pair};
 use crate::dtype::with_dtype;
 use crate::{Float, Result, Tensor};
 
@@ -39,81 +40,100 @@ impl Unary {
         }
     }
 
-    fn forward<T: Float>(self, x: &[T]) -> Vec<T> {
+    /// `y = f(x)` and, `with_grad`, also `f'(x)` computed in the same pass (the backward
+    /// is then one product `g ⊙ f'(x)`, and GELU's tanh is evaluated once, not again in the
+    /// backward). Each arm pairs `f` with its derivative `d(x, y)`, inlined into its own
+    /// vectorizable loop.
+    fn forward<T: Float>(self, x: &[T], with_grad: bool) -> (Vec<T>, Option<Vec<T>>) {
         let c = |v: f64| T::from_f64_lossy(v);
+        let (one, half) = (T::one(), c(0.5));
         match self {
-            Unary::Exp => map(x, |v| v.exp()),
-            Unary::Log => map(x, |v| v.ln()),
-            Unary::Sqrt => map(x, |v| v.sqrt()),
-            Unary::Tanh => map(x, |v| v.tanh()),
-            Unary::Sigmoid => map(x, sigmoid),
-            Unary::Relu => map(x, |v| if v > T::zero() { v } else { T::zero() }),
-            Unary::GeluTanh => {
-                let (k, a, half) = (c(SQRT_2_OVER_PI), c(0.044715), c(0.5));
-                map(x, |v| {
-                    half * v * (T::one() + tanh_fast(k * (v + a * v * v * v)))
-                })
-            }
-            Unary::GeluErf => {
-                let (r, half) = (c(FRAC_1_SQRT_2), c(0.5));
-                map(x, |v| half * v * (T::one() + (v * r).erf()))
-            }
-            Unary::Powf(p) => {
-                let p = c(p);
-                map(x, |v| v.powf(p))
-            }
-        }
-    }
-
-    /// `g · f'(x)` where `y = f(x)`; all slices dense and of equal length. The match is
-    /// outside the loop so each derivative is inlined into its own (vectorizable) kernel.
-    fn backward<T: Float>(self, x: &[T], y: &[T], g: &[T]) -> Vec<T> {
-        let c = |v: f64| T::from_f64_lossy(v);
-        let one = T::one();
-        match self {
-            Unary::Exp => scale_grad(x, y, g, |_, y| y),
-            Unary::Log => scale_grad(x, y, g, |x, _| one / x),
-            Unary::Sqrt => scale_grad(x, y, g, |_, y| c(0.5) / y),
-            Unary::Tanh => scale_grad(x, y, g, |_, y| one - y * y),
-            Unary::Sigmoid => scale_grad(x, y, g, |_, y| y * (one - y)),
+            Unary::Exp => kernel(x, with_grad, |v| v.exp(), |_, y| y),
+            Unary::Log => kernel(x, with_grad, |v| v.ln(), |x, _| one / x),
+            Unary::Sqrt => kernel(x, with_grad, |v| v.sqrt(), |_, y| half / y),
+            Unary::Tanh => kernel(x, with_grad, |v| v.tanh(), |_, y| one - y * y),
+            Unary::Sigmoid => kernel(x, with_grad, sigmoid, |_, y| y * (one - y)),
             // Convention at the kink: relu'(0) = 0 (as PyTorch).
-            Unary::Relu => scale_grad(x, y, g, |x, _| if x > T::zero() { one } else { T::zero() }),
+            Unary::Relu => kernel(
+                x,
+                with_grad,
+                |v| if v > T::zero() { v } else { T::zero() },
+                |x, _| if x > T::zero() { one } else { T::zero() },
+            ),
             Unary::GeluTanh => {
-                let (k, a, half, three) = (c(SQRT_2_OVER_PI), c(0.044715), c(0.5), c(3.0));
-                scale_grad(x, y, g, |x, _| {
-                    let t = tanh_fast(k * (x + a * x * x * x));
-                    half * (one + t) + half * x * (one - t * t) * k * (one + three * a * x * x)
-                })
+                let (k, a, two, three) = (c(SQRT_2_OVER_PI), c(0.044715), c(2.0), c(3.0));
+                // One exponential for both the value and the derivative.
+                kernel_with(
+                    x,
+                    with_grad,
+                    |v| v * gelu_tanh_parts(v, k, a).0,
+                    |x| {
+                        let (p, e) = gelu_tanh_parts(x, k, a);
+                        (
+                            x * p,
+                            p + two * x * e * p * p * k * (one + three * a * x * x),
+                        )
+                    },
+                )
             }
             Unary::GeluErf => {
-                let (r, half, r2pi) = (c(FRAC_1_SQRT_2), c(0.5), c(FRAC_1_SQRT_2PI));
-                scale_grad(x, y, g, |x, _| {
-                    let cdf = half * (one + (x * r).erf());
-                    cdf + x * r2pi * (-(x * x) * half).exp()
-                })
+                let (r, r2pi) = (c(FRAC_1_SQRT_2), c(FRAC_1_SQRT_2PI));
+                kernel(
+                    x,
+                    with_grad,
+                    |v| half * v * (one + (v * r).erf()),
+                    |x, _| half * (one + (x * r).erf()) + x * r2pi * (-(x * x) * half).exp(),
+                )
             }
             Unary::Powf(p) => {
                 let (p, q) = (c(p), c(p - 1.0));
-                scale_grad(x, y, g, |x, _| p * x.powf(q))
+                kernel(x, with_grad, |v| v.powf(p), |x, _| p * x.powf(q))
             }
         }
     }
 }
 
-/// `out[i] = g[i] · d(x[i], y[i])`, collected straight into the output (no zero fill).
-/// Generic in `d`, so every derivative gets its own inlined loop.
-fn scale_grad<T: Float>(x: &[T], y: &[T], g: &[T], d: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    crate::cpu::map3(x, y, g, |x, y, g| g * d(x, y))
+/// `f` over `x`, and with `with_grad` also `d(x, f(x))` from the same loop.
+fn kernel<T: Float>(
+    x: &[T],
+    with_grad: bool,
+    f: impl Fn(T) -> T + Sync,
+    d: impl Fn(T, T) -> T + Sync,
+) -> (Vec<T>, Option<Vec<T>>) {
+    kernel_with(x, with_grad, &f, |v| {
+        let y = f(v);
+        (y, d(v, y))
+    })
 }
 
-/// `tanh(z) = 1 − 2/(e^{2z} + 1)` through [`Float::fast_exp`]: branch-free, so the GELU
-/// loops vectorize instead of calling libm per element. Its error is absolute (about one
-/// ulp of 1), which GELU absorbs (`t` only enters as `1 + t` and `1 − t²`); the public
-/// [`Tensor::tanh`] keeps libm's `tanh` for full relative accuracy near 0.
+/// `f` over `x`, or with `with_grad` the pairs `(f(x), f'(x))` from `fd`.
+fn kernel_with<T: Float>(
+    x: &[T],
+    with_grad: bool,
+    f: impl Fn(T) -> T + Sync,
+    fd: impl Fn(T) -> (T, T) + Sync,
+) -> (Vec<T>, Option<Vec<T>>) {
+    if with_grad {
+        let (y, dy) = map_pair(x, fd);
+        (y, Some(dy))
+    } else {
+        (map(x, f), None)
+    }
+}
+
+/// GELU-tanh through the logistic function: with `z = √(2/π)·(x + 0.044715·x³)`,
+/// `(1 + tanh z)/2 = σ(2z) = p = 1/(1 + e)` for `e = e^{−2z}`, so `gelu(x) = x·p` and
+/// `gelu'(x) = p + 2x·e·p²·√(2/π)·(1 + 3·0.044715·x²)` (using `1 − tanh² z = 4e·p²`).
+/// Returns `(p, e)`. Unlike `1 + tanh z`, `p` keeps its relative accuracy deep in the
+/// negative tail, so tiny values and slopes there are not rounded to 0. The exponent is
+/// clamped at 80, where `e ≈ 5.5·10³⁴` is still finite in f32 (no `∞·0`), and
+/// [`Float::fast_exp`] is branch-free, so the loops over this vectorize.
 #[inline(always)]
-fn tanh_fast<T: Float>(z: T) -> T {
-    let two = T::one() + T::one();
-    T::one() - two / ((two * z).fast_exp() + T::one())
+fn gelu_tanh_parts<T: Float>(x: T, k: T, a: T) -> (T, T) {
+    let w = -(k + k) * (x + a * x * x * x);
+    let limit = T::from_f64_lossy(80.0);
+    let e = (if w < limit { w } else { limit }).fast_exp();
+    (T::one() / (T::one() + e), e)
 }
 
 fn sigmoid<T: Float>(v: T) -> T {
@@ -128,24 +148,16 @@ fn sigmoid<T: Float>(v: T) -> T {
 
 impl Tensor {
     fn unary(&self, op: Unary) -> Result<Tensor> {
-        let out = with_dtype!(self.dtype(), T => {
-            let y = self.with_cpu::<T, _>(op.name(), |d, l| op.forward(&dense(d, l)))?;
-            Tensor::from_vec(y, self.shape())?
+        let with_grad = crate::is_grad_enabled() && self.requires_grad();
+        let (out, dydx) = with_dtype!(self.dtype(), T => {
+            let (y, d) = self.with_cpu::<T, _>(op.name(), |d, l| op.forward(&dense(d, l), with_grad))?;
+            let d = d.map(|d| Tensor::from_vec(d, self.shape())).transpose()?;
+            (Tensor::from_vec(y, self.shape())?, d)
         });
-        let (x, y) = (self.detach(), out.detach());
-        Ok(out.record(&[self], op.name(), move |g| {
-            with_dtype!(g.dtype(), T => {
-                // Borrowed in place when contiguous (the usual case), gathered otherwise.
-                let gx = x.with_cpu::<T, _>(op.name(), |xd, xl| {
-                    y.with_cpu::<T, _>(op.name(), |yd, yl| {
-                        g.with_cpu::<T, _>(op.name(), |gd, gl| {
-                            op.backward(&dense(xd, xl), &dense(yd, yl), &dense(gd, gl))
-                        })
-                    })
-                })???;
-                Ok(vec![Some(Tensor::from_vec(gx, x.shape())?)])
-            })
-        }))
+        let Some(dydx) = dydx else {
+            return Ok(out);
+        };
+        Ok(out.record(&[self], op.name(), move |g| Ok(vec![Some(g.mul(&dydx)?)])))
     }
 
     /// Elementwise `e^x`.

@@ -1,0 +1,431 @@
+//! Fused scaled dot-product attention (Vaswani et al. 2017, eq. (1); PyTorch
+//! `F.scaled_dot_product_attention`): for every (batch, head),
+//!
+//! ```text
+//! S = scale · Q Kᵀ (+ causal mask),   P = softmax(S) row-wise,   O = P V
+//! ```
+//!
+//! with the analytic backward
+//!
+//! ```text
+//! dP = dO Vᵀ,   dS = P ⊙ (dP − rowsum(dP ⊙ P)),   dQ = scale · dS K,
+//! dK = scale · dSᵀ Q,   dV = Pᵀ dO.
+//! ```
+//!
+//! One op instead of five (product, scale, mask, softmax, product): no pass over the
+//! scores for the scale or the mask, the probabilities are the only saved intermediate,
+//! and a causal op computes only the blocks of `S`, `dP` and `dS` on or below the diagonal
+//! (about 60% of the products at T = 128). The output and the input gradients are written
+//! straight into `[batch, T, heads, d]` storage (returned as `[batch, heads, T, d]` views),
+//! so merging the heads back into `[batch, T, heads·d]` needs no copy.
+
+use crate::cpu::SendPtr;
+use crate::dtype::with_dtype;
+use crate::layout::Layout;
+use crate::ops::softmax::{softmax_grad_in_place, softmax_in_place};
+use crate::{Error, Float, Result, Tensor};
+use rayon::prelude::*;
+
+const OP: &str = "scaled_dot_product_attention";
+
+/// Rows (queries) per block of a causal product: the block ending at row `r1` needs key
+/// columns `..r1` only. Smaller blocks skip more of the masked triangle but make the
+/// products smaller; 32 keeps each product large enough for the GEMM micro-kernel.
+const BLOCK: usize = 32;
+
+/// A matrix in strided storage: element `(i, j)` at `off + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct Mat {
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl Mat {
+    /// Matrix `(b, h)` of a rank-4 layout `[batch, heads, rows, cols]`.
+    fn of(l: &Layout, b: usize, h: usize) -> Mat {
+        let s = l.strides();
+        Mat {
+            off: l.offset() + b * s[0] + h * s[1],
+            rs: s[2],
+            cs: s[3],
+        }
+    }
+
+    /// Matrix `(b, h)` of dense `[batch, rows, heads, cols]` storage.
+    fn heads_inner(rows: usize, heads: usize, cols: usize, b: usize, h: usize) -> Mat {
+        Mat {
+            off: (b * rows * heads + h) * cols,
+            rs: heads * cols,
+            cs: 1,
+        }
+    }
+
+    /// The submatrix starting at row `r`, column `c`.
+    fn at(self, r: usize, c: usize) -> Mat {
+        Mat {
+            off: self.off + r * self.rs + c * self.cs,
+            ..self
+        }
+    }
+
+    /// The transpose (a view: strides swapped).
+    fn t(self) -> Mat {
+        Mat {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// `C ← alpha · A·B` for `A` `m×k` and `B` `k×n` (`C` overwritten).
+///
+/// # Safety
+/// The matrices must lie inside their buffers, and `c` must not overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm<T: Float>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: (*const T, Mat),
+    b: (*const T, Mat),
+    c: (*mut T, Mat),
+) {
+    let (a, ma) = a;
+    let (b, mb) = b;
+    let (c, mc) = c;
+    T::gemm(
+        m,
+        k,
+        n,
+        alpha,
+        a.add(ma.off),
+        ma.rs as isize,
+        ma.cs as isize,
+        b.add(mb.off),
+        mb.rs as isize,
+        mb.cs as isize,
+        T::zero(),
+        c.add(mc.off),
+        mc.rs as isize,
+        mc.cs as isize,
+    )
+}
+
+/// Shapes of one attention call: `q` `[b, h, t, dk]`, `k` `[b, h, s, dk]`, `v`
+/// `[b, h, s, dv]`.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    t: usize,
+    s: usize,
+    dk: usize,
+    dv: usize,
+    causal: bool,
+}
+
+impl Dims {
+    /// Key columns that query row `i` attends to: `..i+1` when causal (top-left aligned,
+    /// as PyTorch's `is_causal`), all `s` otherwise.
+    fn visible(&self, i: usize) -> usize {
+        if self.causal {
+            (i + 1).min(self.s)
+        } else {
+            self.s
+        }
+    }
+
+    /// Query row blocks `(r0, r1)` with the key columns `..cols` the block needs.
+    fn row_blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let step = if self.causal { BLOCK } else { self.t.max(1) };
+        (0..self.t).step_by(step).map(move |r0| {
+            let r1 = (r0 + step).min(self.t);
+            (r0, r1, self.visible(r1 - 1))
+        })
+    }
+
+    /// Key column blocks `(c0, c1)` with the first query row `from` that sees any of them.
+    fn col_blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let step = if self.causal { BLOCK } else { self.s.max(1) };
+        (0..self.s).step_by(step).map(move |c0| {
+            let from = if self.causal { c0.min(self.t) } else { 0 };
+            (c0, (c0 + step).min(self.s), from)
+        })
+    }
+}
+
+/// Forward for every (batch, head): fills `p` (`[b, h, t, s]`, zero above the causal
+/// diagonal) and returns `O` as dense `[b, t, h, dv]`.
+fn forward<T: Float>(
+    d: Dims,
+    scale: T,
+    (q, lq): (&[T], &Layout),
+    (k, lk): (&[T], &Layout),
+    (v, lv): (&[T], &Layout),
+) -> (Vec<T>, Vec<T>) {
+    let mut p = vec![T::zero(); d.b * d.h * d.t * d.s];
+    let mut o = vec![T::zero(); d.b * d.t * d.h * d.dv];
+    let out = SendPtr(o.as_mut_ptr());
+    p.par_chunks_mut((d.t * d.s).max(1))
+        .enumerate()
+        .for_each(|(pair, pp)| {
+            #[allow(clippy::redundant_locals)]
+            let out = out;
+            let (b, h) = (pair / d.h, pair % d.h);
+            let (mq, mk, mv) = (Mat::of(lq, b, h), Mat::of(lk, b, h), Mat::of(lv, b, h));
+            let mp = Mat {
+                off: 0,
+                rs: d.s,
+                cs: 1,
+            };
+            let mo = Mat::heads_inner(d.t, d.h, d.dv, b, h);
+            for (r0, r1, cols) in d.row_blocks() {
+                // SAFETY: every matrix lies in its buffer (layouts were validated when the
+                // tensors were built; `pp` is this pair's t×s block), and each pair writes
+                // only its own block of `p` and its own rows/columns of `o`.
+                unsafe {
+                    gemm(
+                        r1 - r0,
+                        d.dk,
+                        cols,
+                        scale,
+                        (q.as_ptr(), mq.at(r0, 0)),
+                        (k.as_ptr(), mk.t()),
+                        (pp.as_mut_ptr(), mp.at(r0, 0)),
+                    );
+                }
+                for i in r0..r1 {
+                    let row = &mut pp[i * d.s..(i + 1) * d.s];
+                    let n = d.visible(i);
+                    softmax_in_place(&mut row[..n]);
+                    row[n..].fill(T::zero());
+                }
+                unsafe {
+                    gemm(
+                        r1 - r0,
+                        cols,
+                        d.dv,
+                        T::one(),
+                        (pp.as_ptr(), mp.at(r0, 0)),
+                        (v.as_ptr(), mv),
+                        (out.0, mo.at(r0, 0)),
+                    );
+                }
+            }
+        });
+    (p, o)
+}
+
+/// Backward for every (batch, head) given `dO` (`g`): `dQ`, `dK`, `dV` as dense
+/// `[b, t, h, dk]`, `[b, s, h, dk]`, `[b, s, h, dv]`.
+#[allow(clippy::too_many_arguments)]
+fn backward<T: Float>(
+    d: Dims,
+    scale: T,
+    (q, lq): (&[T], &Layout),
+    (k, lk): (&[T], &Layout),
+    (v, lv): (&[T], &Layout),
+    p: &[T],
+    (g, lg): (&[T], &Layout),
+) -> [Vec<T>; 3] {
+    let mut dq = vec![T::zero(); d.b * d.t * d.h * d.dk];
+    let mut dk = vec![T::zero(); d.b * d.s * d.h * d.dk];
+    let mut dv = vec![T::zero(); d.b * d.s * d.h * d.dv];
+    let (pq, pk, pv) = (
+        SendPtr(dq.as_mut_ptr()),
+        SendPtr(dk.as_mut_ptr()),
+        SendPtr(dv.as_mut_ptr()),
+    );
+    (0..d.b * d.h).into_par_iter().for_each(|pair| {
+        #[allow(clippy::redundant_locals)]
+        let (pq, pk, pv) = (pq, pk, pv);
+        let (b, h) = (pair / d.h, pair % d.h);
+        let (mq, mk, mv, mg) = (
+            Mat::of(lq, b, h),
+            Mat::of(lk, b, h),
+            Mat::of(lv, b, h),
+            Mat::of(lg, b, h),
+        );
+        let pp = &p[pair * d.t * d.s..(pair + 1) * d.t * d.s];
+        let mp = Mat {
+            off: 0,
+            rs: d.s,
+            cs: 1,
+        };
+        // dS, zero wherever P is (above the diagonal), so the products below may read
+        // whole blocks.
+        let mut ds = vec![T::zero(); d.t * d.s];
+        for (r0, r1, cols) in d.row_blocks() {
+            // SAFETY: as in `forward`; `ds` is this pair's own scratch and each pair writes
+            // only its own rows/columns of dq, dk, dv.
+            unsafe {
+                gemm(
+                    r1 - r0,
+                    d.dv,
+                    cols,
+                    T::one(),
+                    (g.as_ptr(), mg.at(r0, 0)),
+                    (v.as_ptr(), mv.t()),
+                    (ds.as_mut_ptr(), mp.at(r0, 0)),
+                );
+            }
+            for i in r0..r1 {
+                let n = d.visible(i);
+                let row = &mut ds[i * d.s..i * d.s + cols];
+                softmax_grad_in_place(&pp[i * d.s..i * d.s + n], &mut row[..n]);
+                row[n..].fill(T::zero());
+            }
+            unsafe {
+                gemm(
+                    r1 - r0,
+                    cols,
+                    d.dk,
+                    scale,
+                    (ds.as_ptr(), mp.at(r0, 0)),
+                    (k.as_ptr(), mk),
+                    (pq.0, Mat::heads_inner(d.t, d.h, d.dk, b, h).at(r0, 0)),
+                );
+            }
+        }
+        for (c0, c1, from) in d.col_blocks() {
+            let rows = d.t - from;
+            unsafe {
+                gemm(
+                    c1 - c0,
+                    rows,
+                    d.dk,
+                    scale,
+                    (ds.as_ptr(), mp.at(from, c0).t()),
+                    (q.as_ptr(), mq.at(from, 0)),
+                    (pk.0, Mat::heads_inner(d.s, d.h, d.dk, b, h).at(c0, 0)),
+                );
+                gemm(
+                    c1 - c0,
+                    rows,
+                    d.dv,
+                    T::one(),
+                    (pp.as_ptr(), mp.at(from, c0).t()),
+                    (g.as_ptr(), mg.at(from, 0)),
+                    (pv.0, Mat::heads_inner(d.s, d.h, d.dv, b, h).at(c0, 0)),
+                );
+            }
+        }
+    });
+    [dq, dk, dv]
+}
+
+/// Dense `[b, rows, h, cols]` data viewed as `[b, h, rows, cols]`.
+fn heads_view<T: Float>(
+    data: Vec<T>,
+    b: usize,
+    rows: usize,
+    h: usize,
+    cols: usize,
+) -> Result<Tensor> {
+    Tensor::from_vec(data, &[b, rows, h, cols])?.permute(&[0, 2, 1, 3])
+}
+
+impl Tensor {
+    /// Scaled dot-product attention `softmax(scale · Q Kᵀ + mask) V` as one fused op, with
+    /// `self` the queries `[batch, heads, T, d_k]`, `k` the keys `[batch, heads, S, d_k]` and
+    /// `v` the values `[batch, heads, S, d_v]`; returns `[batch, heads, T, d_v]`. With
+    /// `causal`, query `i` attends to keys `0..=i` only (PyTorch's `is_causal`, top-left
+    /// aligned). `scale` is usually `1/√d_k`. Strided inputs (e.g. heads split by
+    /// `reshape` + `permute`) are used in place; the result is a permuted view of dense
+    /// `[batch, T, heads, d_v]` storage, so `permute(&[0, 2, 1, 3])` + `reshape` merges the
+    /// heads without a copy. Same values as `matmul`, `mul_scalar`, a `-inf` mask,
+    /// `softmax` and `matmul`, up to rounding (see the module docs for the math).
+    ///
+    /// Errors: [`Error::ShapeMismatch`] unless all three are rank 4 with equal batch and
+    /// head counts, `k` and `v` have the same `S`, and `q` and `k` the same `d_k`;
+    /// [`Error::InvalidArgument`] for `S = 0` with `T > 0` (a query with no key) or a
+    /// non-finite `scale`; dtype and device mismatches as for other binary ops.
+    pub fn scaled_dot_product_attention(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        causal: bool,
+        scale: f64,
+    ) -> Result<Tensor> {
+        self.check_same(OP, k)?;
+        self.check_same(OP, v)?;
+        let mismatch = |other: &Tensor| Error::ShapeMismatch {
+            op: OP,
+            lhs: self.shape().to_vec(),
+            rhs: other.shape().to_vec(),
+        };
+        let (&[b, h, t, dk], &[kb, kh, s, kd], &[vb, vh, vs, dv]) =
+            (self.shape(), k.shape(), v.shape())
+        else {
+            let bad = [k, v].into_iter().find(|x| x.rank() != 4).unwrap_or(self);
+            return Err(mismatch(bad));
+        };
+        if (kb, kh, kd) != (b, h, dk) {
+            return Err(mismatch(k));
+        }
+        if (vb, vh, vs) != (b, h, s) {
+            return Err(mismatch(v));
+        }
+        if s == 0 && t > 0 {
+            return Err(Error::invalid(
+                OP,
+                format!("queries {:?} have no keys (S = 0)", self.shape()),
+            ));
+        }
+        if !scale.is_finite() {
+            return Err(Error::invalid(
+                OP,
+                format!("scale must be finite, got {scale}"),
+            ));
+        }
+        let d = Dims {
+            b,
+            h,
+            t,
+            s,
+            dk,
+            dv,
+            causal,
+        };
+        let (p, out) = with_dtype!(self.dtype(), T => {
+            let sc = T::from_f64_lossy(scale);
+            let (p, o) = self.with_cpu::<T, _>(OP, |qd, lq| {
+                k.with_cpu::<T, _>(OP, |kd, lk| {
+                    v.with_cpu::<T, _>(OP, |vd, lv| forward(d, sc, (qd, lq), (kd, lk), (vd, lv)))
+                })
+            })???;
+            (Tensor::from_vec(p, &[b, h, t, s])?, heads_view(o, b, t, h, dv)?)
+        });
+        let (q, kk, vv) = (self.detach(), k.detach(), v.detach());
+        let needs = [self.requires_grad(), k.requires_grad(), v.requires_grad()];
+        Ok(out.record(&[self, k, v], OP, move |g| {
+            let grads = with_dtype!(g.dtype(), T => {
+                let sc = T::from_f64_lossy(scale);
+                let [gq, gk, gv] = q.with_cpu::<T, _>(OP, |qd, lq| {
+                    kk.with_cpu::<T, _>(OP, |kd, lk| {
+                        vv.with_cpu::<T, _>(OP, |vd, lv| {
+                            p.with_cpu::<T, _>(OP, |pd, _| {
+                                g.with_cpu::<T, _>(OP, |gd, lg| {
+                                    backward(d, sc, (qd, lq), (kd, lk), (vd, lv), pd, (gd, lg))
+                                })
+                            })
+                        })
+                    })
+                })?????;
+                [
+                    heads_view(gq, b, t, h, dk)?,
+                    heads_view(gk, b, s, h, dk)?,
+                    heads_view(gv, b, s, h, dv)?,
+                ]
+            });
+            Ok(grads
+                .into_iter()
+                .zip(needs)
+                .map(|(g, need)| need.then_some(g))
+                .collect())
+        }))
+    }
+}

@@ -1,0 +1,238 @@
+//! The fused `scaled_dot_product_attention`: finite-difference gradient checks (f64) and
+//! agreement, in values and gradients, with the same attention composed of `matmul`,
+//! `mul_scalar`, a `-inf` mask, `softmax` and `matmul`.
+
+use engine::{gradcheck, DType, Error, Result, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn randn(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
+    Tensor::randn(shape, 0.0, 1.0, dtype, &mut ChaCha8Rng::seed_from_u64(seed))
+}
+
+/// Leaves `[b, len, h·d]` for queries, keys and values.
+fn merged(b: usize, h: usize, lens: [usize; 3], d: [usize; 3], dtype: DType) -> Vec<Tensor> {
+    (0..3)
+        .map(|i| {
+            randn(&[b, lens[i], h * d[i]], dtype, 10 + i as u64)
+                .requires_grad_(true)
+                .unwrap()
+        })
+        .collect()
+}
+
+/// `[b, len, h·d]` split into heads `[b, h, len, d]` by `reshape` + `permute` (a strided
+/// view, as in a transformer).
+fn split(x: &Tensor, h: usize) -> Tensor {
+    let &[b, len, hd] = x.shape() else {
+        panic!("rank 3")
+    };
+    x.reshape(&[b, len, h, hd / h])
+        .unwrap()
+        .permute(&[0, 2, 1, 3])
+        .unwrap()
+}
+
+/// The reference: `softmax(scale · q kᵀ + mask) v` from separate ops.
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> Result<Tensor> {
+    let (t, s) = (q.shape()[2], k.shape()[2]);
+    let mut scores = q.matmul(&k.transpose(2, 3)?)?.mul_scalar(scale)?;
+    if causal {
+        let mask: Vec<f64> = (0..t * s)
+            .map(|i| {
+                if i % s > i / s {
+                    f64::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        scores = scores.add(&Tensor::from_f64s(&mask, &[t, s], q.dtype())?)?;
+    }
+    scores.softmax(3)?.matmul(v)
+}
+
+fn fused(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> Result<Tensor> {
+    q.scaled_dot_product_attention(k, v, causal, scale)
+}
+
+fn assert_close(got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "element {i}: got {g}, want {w}"
+        );
+    }
+}
+
+/// Values and leaf gradients (under a fixed random projection of the output) of `f` on
+/// the heads of `leaves`.
+fn values_and_grads(
+    f: fn(&Tensor, &Tensor, &Tensor, bool, f64) -> Result<Tensor>,
+    leaves: &[Tensor],
+    h: usize,
+    causal: bool,
+) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let x: Vec<Tensor> = leaves.iter().map(|l| split(l, h)).collect();
+    let y = f(&x[0], &x[1], &x[2], causal, 0.3).unwrap();
+    let r = randn(y.shape(), y.dtype(), 99);
+    y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = leaves
+        .iter()
+        .map(|l| {
+            let g = l
+                .grad()
+                .expect("gradient reached the input")
+                .to_vec_f64()
+                .unwrap();
+            l.zero_grad();
+            g
+        })
+        .collect();
+    (y.to_vec_f64().unwrap(), grads)
+}
+
+/// Leaves (dense `[b, h, len, d]`) for gradcheck.
+fn leaves(b: usize, h: usize, lens: [usize; 3], d: [usize; 3]) -> Vec<Tensor> {
+    (0..3)
+        .map(|i| {
+            randn(&[b, h, lens[i], d[i]], DType::F64, 20 + i as u64)
+                .requires_grad_(true)
+                .unwrap()
+        })
+        .collect()
+}
+
+fn check(lens: [usize; 3], d: [usize; 3], causal: bool) {
+    let inputs = leaves(2, 2, lens, d);
+    let report = gradcheck(|x| fused(&x[0], &x[1], &x[2], causal, 0.7), &inputs).unwrap();
+    let expected: usize = inputs.iter().map(Tensor::numel).sum();
+    assert_eq!(report.checked, expected);
+}
+
+#[test]
+fn gradcheck_causal_square() {
+    check([5, 5, 5], [3, 3, 2], true);
+}
+
+#[test]
+fn gradcheck_causal_over_several_blocks() {
+    // 40 queries: two 32-row blocks, the second partial.
+    check([40, 40, 40], [2, 2, 1], true);
+}
+
+#[test]
+fn gradcheck_causal_with_more_or_fewer_keys_than_queries() {
+    check([4, 7, 7], [2, 2, 3], true);
+    check([7, 4, 4], [2, 2, 3], true);
+}
+
+#[test]
+fn gradcheck_full_attention() {
+    check([4, 6, 6], [3, 3, 2], false);
+}
+
+#[test]
+fn matches_composed_attention_in_values_and_gradients() {
+    for causal in [true, false] {
+        // 70 queries and keys cross three causal blocks; strided (head-split) inputs.
+        let x = merged(2, 3, [70, 70, 70], [8, 8, 5], DType::F64);
+        let (y, g) = values_and_grads(fused, &x, 3, causal);
+        let (y_ref, g_ref) = values_and_grads(composed, &x, 3, causal);
+        assert_close(&y, &y_ref, 1e-12);
+        for (a, b) in g.iter().zip(&g_ref) {
+            assert_close(a, b, 1e-12);
+        }
+    }
+}
+
+#[test]
+fn f32_agrees_with_f64() {
+    let x = merged(1, 2, [50, 50, 50], [16, 16, 16], DType::F32);
+    let (y, g) = values_and_grads(fused, &x, 2, true);
+    let x64: Vec<Tensor> = x
+        .iter()
+        .map(|l| {
+            l.detach()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .requires_grad_(true)
+                .unwrap()
+        })
+        .collect();
+    let (y64, g64) = values_and_grads(fused, &x64, 2, true);
+    assert_close(&y, &y64, 1e-5);
+    for (a, b) in g.iter().zip(&g64) {
+        assert_close(a, b, 1e-4);
+    }
+}
+
+#[test]
+fn causal_outputs_do_not_see_later_keys() {
+    let qkv = leaves(1, 1, [6, 6, 6], [2, 2, 2]);
+    let y = fused(&qkv[0], &qkv[1], &qkv[2], true, 1.0)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    // Change the last key and value: rows 0..5 must not move.
+    let bump = |t: &Tensor| {
+        let mut v = t.to_vec_f64().unwrap();
+        v[10] += 5.0;
+        v[11] -= 3.0;
+        Tensor::from_f64s(&v, t.shape(), DType::F64).unwrap()
+    };
+    let y2 = fused(&qkv[0], &bump(&qkv[1]), &bump(&qkv[2]), true, 1.0)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    assert_eq!(y[..10], y2[..10]);
+    assert_ne!(y[10..], y2[10..]);
+    // The first query sees only the first key: its output is the first value.
+    assert_eq!(y[..2], qkv[2].to_vec_f64().unwrap()[..2]);
+}
+
+#[test]
+fn bad_shapes_and_arguments_are_errors() {
+    let q = randn(&[1, 2, 3, 4], DType::F64, 0);
+    let k = randn(&[1, 2, 5, 4], DType::F64, 1);
+    let v = randn(&[1, 2, 5, 6], DType::F64, 2);
+    assert!(q.scaled_dot_product_attention(&k, &v, false, 0.5).is_ok());
+    let shape_err = |r: Result<Tensor>| matches!(r, Err(Error::ShapeMismatch { .. }));
+    // Rank 3, different d_k, different S, different heads.
+    assert!(shape_err(
+        randn(&[2, 3, 4], DType::F64, 3).scaled_dot_product_attention(&k, &v, false, 0.5)
+    ));
+    assert!(shape_err(q.scaled_dot_product_attention(
+        &randn(&[1, 2, 5, 3], DType::F64, 4),
+        &v,
+        false,
+        0.5
+    )));
+    assert!(shape_err(q.scaled_dot_product_attention(
+        &k,
+        &randn(&[1, 2, 4, 6], DType::F64, 5),
+        false,
+        0.5
+    )));
+    assert!(shape_err(q.scaled_dot_product_attention(
+        &k,
+        &randn(&[1, 3, 5, 6], DType::F64, 6),
+        false,
+        0.5
+    )));
+    let invalid = |r: Result<Tensor>| matches!(r, Err(Error::InvalidArgument { .. }));
+    let k0 = randn(&[1, 2, 0, 4], DType::F64, 7);
+    let v0 = randn(&[1, 2, 0, 6], DType::F64, 8);
+    assert!(invalid(q.scaled_dot_product_attention(&k0, &v0, true, 0.5)));
+    assert!(invalid(q.scaled_dot_product_attention(
+        &k,
+        &v,
+        true,
+        f64::NAN
+    )));
+    assert!(matches!(
+        q.scaled_dot_product_attention(&k.to_dtype(DType::F32).unwrap(), &v, true, 0.5),
+        Err(Error::DTypeMismatch { .. })
+    ));
+}
