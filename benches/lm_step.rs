@@ -5,7 +5,8 @@
 //!
 //! - `lm_step/{pre-ln,sigma-reparam}/…`: the model's loss, then the full step (forward,
 //!   backward, gradient clipping, AdamW, zero_grad) as `tasks::lm` runs it;
-//! - `causal_attention/…`: `softmax(q kᵀ/√d + mask) v` for q, k, v `[16, 4, 128, 64]`;
+//! - `causal_attention/{composed,fused}/…`: `softmax(q kᵀ/√d + mask) v` for q, k, v
+//!   `[16, 4, 128, 64]`, from separate ops and as `scaled_dot_product_attention`;
 //! - `layer_norm/…` over `[2048, 256]` with weight and bias;
 //! - `softmax/…` over the last dim of `[16, 4, 128, 128]`;
 //! - `cross_entropy/…`: mean loss of logits `[2048, 80]`.
@@ -129,7 +130,7 @@ fn ops(c: &mut Criterion) {
         .collect();
     let mask = Tensor::from_vec(mask_values, &[SEQ, SEQ]).unwrap();
     let scale = 1.0 / (dh as f64).sqrt();
-    fwd_bwd(c, "causal_attention", &qkv, |t| {
+    fwd_bwd(c, "causal_attention/composed", &qkv, |t| {
         let scores = t[0]
             .mul_scalar(scale)
             .unwrap()
@@ -138,6 +139,10 @@ fn ops(c: &mut Criterion) {
             .add(&mask)
             .unwrap();
         scores.softmax(3).unwrap().matmul(&t[2]).unwrap()
+    });
+    fwd_bwd(c, "causal_attention/fused", &qkv, |t| {
+        t[0].scaled_dot_product_attention(&t[1], &t[2], true, scale)
+            .unwrap()
     });
 
     let d = 256;
