@@ -182,7 +182,12 @@ pub(crate) fn map3<T: Float>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T
     assert!(a.len() == b.len() && b.len() == c.len());
     fill_dense(a.len(), |s, o| {
         let r = s..s + o.len();
-        for (((o, &x), &y), &z) in o.iter_mut().zip(&a[r.clone()]).zip(&b[r.clone()]).zip(&c[r]) {
+        for (((o, &x), &y), &z) in o
+            .iter_mut()
+            .zip(&a[r.clone()])
+            .zip(&b[r.clone()])
+            .zip(&c[r])
+        {
             o.write(f(x, y, z));
         }
     })
