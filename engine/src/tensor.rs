@@ -300,6 +300,55 @@ impl Tensor {
         }
     }
 
+    /// The range of a contiguous CPU view in its storage, for the slice accessors.
+    fn dense_range(&self, op: &'static str) -> Result<std::ops::Range<usize>> {
+        if self.device() != Device::Cpu {
+            return Err(Error::UnsupportedDevice {
+                op,
+                device: self.device(),
+            });
+        }
+        self.0
+            .layout
+            .contiguous_range()
+            .ok_or_else(|| Error::invalid(op, "the tensor is not contiguous"))
+    }
+
+    /// Call `f` with the elements of this tensor in row-major order, borrowed without a
+    /// copy. Errors with [`Error::DTypeMismatch`] when `T` is not the dtype,
+    /// [`Error::UnsupportedDevice`] off the CPU and [`Error::InvalidArgument`] for a
+    /// non-contiguous view.
+    ///
+    /// The storage stays read-locked while `f` runs: `f` must not write (through
+    /// [`Tensor::with_data_mut`] or [`Tensor::copy_`]) a tensor sharing this storage, which
+    /// would deadlock.
+    pub fn with_data<T: Float, R>(&self, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+        let range = self.dense_range("with_data")?;
+        self.with_cpu("with_data", |data: &[T], _| f(&data[range]))
+    }
+
+    /// Call `f` with the elements of this tensor in row-major order, mutably borrowed so
+    /// that `f` overwrites them in place. Not recorded by autograd (like [`Tensor::copy_`]);
+    /// every view sharing the storage sees the change. Errors like [`Tensor::with_data`].
+    ///
+    /// The storage stays write-locked while `f` runs: `f` must not access a tensor sharing
+    /// this storage, which would deadlock.
+    pub fn with_data_mut<T: Float, R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R> {
+        let range = self.dense_range("with_data_mut")?;
+        let mut guard = self.0.storage.write().expect("storage lock poisoned");
+        match &mut *guard {
+            Storage::Cpu(cs) => {
+                let dtype = cs.dtype();
+                let data = T::slice_mut(cs).ok_or(Error::DTypeMismatch {
+                    op: "with_data_mut",
+                    lhs: T::DTYPE,
+                    rhs: dtype,
+                })?;
+                Ok(f(&mut data[range]))
+            }
+        }
+    }
+
     /// The elements in row-major order as a vector of `T` (which must be the dtype).
     pub fn to_vec<T: Float>(&self) -> Result<Vec<T>> {
         self.with_cpu::<T, _>("to_vec", |d, l| match l.contiguous_range() {
@@ -503,4 +552,34 @@ impl Tensor {
 fn numel_or_panic(shape: &[usize]) -> usize {
     crate::layout::checked_numel(shape)
         .unwrap_or_else(|| panic!("shape {shape:?} has more elements than usize can count"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_accessors_borrow_the_view_in_place() {
+        let t = Tensor::arange(0.0, 6.0, 1.0, DType::F32)
+            .unwrap()
+            .reshape(&[2, 3])
+            .unwrap();
+        let row = t.narrow(0, 1, 1).unwrap();
+        row.with_data_mut(|d: &mut [f32]| d.iter_mut().for_each(|x| *x *= 10.0))
+            .unwrap();
+        assert_eq!(
+            t.with_data(|d: &[f32]| d.to_vec()).unwrap(),
+            [0.0, 1.0, 2.0, 30.0, 40.0, 50.0]
+        );
+        assert!(matches!(
+            t.with_data(|d: &[f64]| d.len()),
+            Err(Error::DTypeMismatch { .. })
+        ));
+        assert!(matches!(
+            t.transpose(0, 1)
+                .unwrap()
+                .with_data_mut(|d: &mut [f32]| d.len()),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
 }

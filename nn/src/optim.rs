@@ -3,14 +3,16 @@
 //!
 //! Formulas follow PyTorch's `torch.optim.AdamW`, `torch.optim.SGD` and
 //! `torch.nn.utils.clip_grad_norm_` (their documented update rules). Optimizer state is kept
-//! in `f64` whatever the parameter dtype and is updated sequentially, so a step never depends
-//! on thread scheduling and a state restored from [`Optimizer::state_dict`] continues
-//! bit-identically. Parameters are overwritten in place with [`Tensor::copy_`], which autograd
-//! does not record.
+//! and updated in `f64` whatever the parameter dtype. Parameters are updated in parallel, each
+//! on its own and in place through [`Tensor::with_data_mut`] (which autograd does not
+//! record), and the global gradient norm is summed in parameter order, so a step never
+//! depends on the thread count and a state restored from [`Optimizer::state_dict`] continues
+//! bit-identically.
 
 use crate::{Error, Result};
-use engine::Tensor;
-use std::collections::BTreeMap;
+use engine::{DType, Float, Tensor};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashSet};
 
 /// Parameters sharing hyper-parameters. The group's learning rate is the optimizer's
 /// learning rate times `lr_scale`, so a schedule that sets the optimizer's rate moves every
@@ -45,7 +47,8 @@ impl ParamGroup {
 /// A first-order optimizer over fixed parameter groups.
 pub trait Optimizer {
     /// Update every parameter that has a gradient (parameters without one are skipped, as
-    /// in PyTorch). Errors when a gradient's shape or dtype differs from its parameter's.
+    /// in PyTorch). Errors, changing no parameter, when a gradient's shape or dtype differs
+    /// from its parameter's.
     fn step(&mut self) -> Result<()>;
 
     /// Clear the gradient of every parameter.
@@ -76,25 +79,44 @@ struct Slot {
     b: Vec<f64>,
 }
 
-/// The parameter, its gradient as `f64`, and its values as `f64`, or `None` without a
-/// gradient.
-fn param_and_grad(p: &Tensor) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+/// The gradient of `p`, or `None` without one. Errors when its shape or dtype differs from
+/// the parameter's.
+fn checked_grad(p: &Tensor) -> Result<Option<Tensor>> {
     let Some(g) = p.grad() else {
         return Ok(None);
     };
-    if g.shape() != p.shape() {
+    if g.shape() != p.shape() || g.dtype() != p.dtype() {
         return Err(Error::Config(format!(
-            "optimizer: gradient of shape {:?} for a parameter of shape {:?}",
+            "optimizer: gradient of shape {:?} ({:?}) for a parameter of shape {:?} ({:?})",
             g.shape(),
-            p.shape()
+            g.dtype(),
+            p.shape(),
+            p.dtype()
         )));
     }
-    Ok(Some((p.to_vec_f64()?, g.to_vec_f64()?)))
+    Ok(Some(g))
 }
 
-/// Overwrite `p` with `values` (same length), converting to its dtype.
-fn write_param(p: &Tensor, values: &[f64]) -> Result<()> {
-    p.copy_(&Tensor::from_f64s(values, p.shape(), p.dtype())?)?;
+/// An update rule of one parameter, computed in `f64` whatever the parameter dtype.
+trait Rule: Sync {
+    /// Update the parameter's values `w` in place from its gradient `g` (same length) and
+    /// its `slot`, with the group's learning rate `lr` and `weight_decay`.
+    fn apply<T: Float>(&self, lr: f64, weight_decay: f64, slot: &mut Slot, w: &mut [T], g: &[T]);
+}
+
+/// [`Rule::apply`] on parameter `p` of dtype `T` with its gradient `g`, both borrowed in
+/// place.
+fn apply_rule<T: Float>(
+    rule: &impl Rule,
+    lr: f64,
+    weight_decay: f64,
+    slot: &mut Slot,
+    p: &Tensor,
+    g: &Tensor,
+) -> Result<()> {
+    g.with_data(|g: &[T]| {
+        p.with_data_mut(|w: &mut [T]| rule.apply(lr, weight_decay, slot, w, g))
+    })??;
     Ok(())
 }
 
@@ -107,12 +129,22 @@ struct Groups {
 }
 
 impl Groups {
-    fn new(groups: Vec<ParamGroup>) -> Self {
-        let n = groups.iter().map(|g| g.params.len()).sum();
-        Groups {
-            groups,
-            slots: vec![Slot::default(); n],
+    /// Errors when a tensor appears more than once (its updates would race).
+    fn new(groups: Vec<ParamGroup>) -> Result<Self> {
+        let mut seen = HashSet::new();
+        if !groups
+            .iter()
+            .flat_map(|g| &g.params)
+            .all(|p| seen.insert(p.id()))
+        {
+            return Err(Error::Config(
+                "optimizer: a parameter appears more than once".into(),
+            ));
         }
+        Ok(Groups {
+            slots: vec![Slot::default(); seen.len()],
+            groups,
+        })
     }
 
     fn params(&self) -> Vec<&Tensor> {
@@ -123,28 +155,26 @@ impl Groups {
         self.params().iter().for_each(|p| p.zero_grad());
     }
 
-    /// For every parameter with a gradient, in order: `rule(lr, weight_decay, slot, w, g)`
-    /// with the group's learning rate (`base_lr · lr_scale`) and weight decay, the
-    /// parameter's slot, its values `w` (updated in place, then written back) and its
-    /// gradient `g`, both as `f64`.
-    fn update(
-        &mut self,
-        base_lr: f64,
-        mut rule: impl FnMut(f64, f64, &mut Slot, &mut [f64], &mut [f64]),
-    ) -> Result<()> {
+    /// Apply `rule` to every parameter with a gradient, in parallel, with its group's
+    /// learning rate (`base_lr · lr_scale`) and weight decay and its slot. Every gradient is
+    /// checked before any parameter changes.
+    fn update(&mut self, base_lr: f64, rule: &impl Rule) -> Result<()> {
+        let mut work = Vec::with_capacity(self.slots.len());
         let mut slots = self.slots.iter_mut();
-        for g in &self.groups {
-            let lr = base_lr * g.lr_scale;
-            for p in &g.params {
+        for group in &self.groups {
+            let lr = base_lr * group.lr_scale;
+            for p in &group.params {
                 let slot = slots.next().expect("one slot per parameter");
-                let Some((mut w, mut grad)) = param_and_grad(p)? else {
-                    continue;
-                };
-                rule(lr, g.weight_decay, slot, &mut w, &mut grad);
-                write_param(p, &w)?;
+                if let Some(g) = checked_grad(p)? {
+                    work.push((p, g, lr, group.weight_decay, slot));
+                }
             }
         }
-        Ok(())
+        work.into_par_iter()
+            .try_for_each(|(p, g, lr, weight_decay, slot)| match p.dtype() {
+                DType::F32 => apply_rule::<f32>(rule, lr, weight_decay, slot, p, &g),
+                DType::F64 => apply_rule::<f64>(rule, lr, weight_decay, slot, p, &g),
+            })
     }
 }
 
@@ -265,7 +295,7 @@ pub struct AdamW {
 
 impl AdamW {
     /// An optimizer over `groups`. Errors on a non-finite or negative learning rate, betas
-    /// outside `[0, 1)` or a negative `eps`.
+    /// outside `[0, 1)`, a negative `eps` or a tensor listed twice.
     pub fn new(groups: Vec<ParamGroup>, config: AdamWConfig) -> Result<Self> {
         let (b1, b2) = config.betas;
         let valid = config.lr.is_finite()
@@ -277,36 +307,37 @@ impl AdamW {
             return Err(Error::Config(format!("AdamW: invalid {config:?}")));
         }
         Ok(AdamW {
-            groups: Groups::new(groups),
+            groups: Groups::new(groups)?,
             config,
         })
     }
 }
 
+impl Rule for AdamWConfig {
+    fn apply<T: Float>(&self, lr: f64, weight_decay: f64, slot: &mut Slot, w: &mut [T], g: &[T]) {
+        let (b1, b2) = self.betas;
+        if slot.a.is_empty() {
+            slot.a = vec![0.0; w.len()];
+            slot.b = vec![0.0; w.len()];
+        }
+        slot.step += 1;
+        let bc1 = 1.0 - b1.powi(slot.step as i32);
+        let bc2_sqrt = (1.0 - b2.powi(slot.step as i32)).sqrt();
+        let step_size = lr / bc1;
+        let decay = 1.0 - lr * weight_decay;
+        for (((wi, gi), m), v) in w.iter_mut().zip(g).zip(&mut slot.a).zip(&mut slot.b) {
+            let gi = gi.to_f64_lossless();
+            *m = b1 * *m + (1.0 - b1) * gi;
+            *v = b2 * *v + (1.0 - b2) * gi * gi;
+            let decayed = wi.to_f64_lossless() * decay;
+            *wi = T::from_f64_lossy(decayed - step_size * *m / (v.sqrt() / bc2_sqrt + self.eps));
+        }
+    }
+}
+
 impl Optimizer for AdamW {
     fn step(&mut self) -> Result<()> {
-        let (b1, b2) = self.config.betas;
-        let eps = self.config.eps;
-        self.groups
-            .update(self.config.lr, |lr, weight_decay, slot, w, grad| {
-                if slot.a.is_empty() {
-                    slot.a = vec![0.0; w.len()];
-                    slot.b = vec![0.0; w.len()];
-                }
-                slot.step += 1;
-                let bc1 = 1.0 - b1.powi(slot.step as i32);
-                let bc2_sqrt = (1.0 - b2.powi(slot.step as i32)).sqrt();
-                let step_size = lr / bc1;
-                let decay = 1.0 - lr * weight_decay;
-                for (((wi, &gi), m), v) in
-                    w.iter_mut().zip(&*grad).zip(&mut slot.a).zip(&mut slot.b)
-                {
-                    *wi *= decay;
-                    *m = b1 * *m + (1.0 - b1) * gi;
-                    *v = b2 * *v + (1.0 - b2) * gi * gi;
-                    *wi -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
-                }
-            })
+        self.groups.update(self.config.lr, &self.config)
     }
 
     fn zero_grad(&self) {
@@ -360,7 +391,7 @@ pub struct Sgd {
 
 impl Sgd {
     /// An optimizer over `groups`. Errors on a negative or non-finite learning rate or
-    /// momentum, or Nesterov without momentum or with dampening.
+    /// momentum, Nesterov without momentum or with dampening, or a tensor listed twice.
     pub fn new(groups: Vec<ParamGroup>, config: SgdConfig) -> Result<Self> {
         let valid = config.lr.is_finite()
             && config.lr >= 0.0
@@ -371,49 +402,49 @@ impl Sgd {
             return Err(Error::Config(format!("SGD: invalid {config:?}")));
         }
         Ok(Sgd {
-            groups: Groups::new(groups),
+            groups: Groups::new(groups)?,
             config,
         })
     }
 }
 
-impl Optimizer for Sgd {
-    fn step(&mut self) -> Result<()> {
+impl Rule for SgdConfig {
+    fn apply<T: Float>(&self, lr: f64, weight_decay: f64, slot: &mut Slot, w: &mut [T], g: &[T]) {
         let SgdConfig {
             momentum,
             dampening,
             nesterov,
             ..
-        } = self.config;
-        self.groups
-            .update(self.config.lr, |lr, weight_decay, slot, w, grad| {
-                if weight_decay != 0.0 {
-                    grad.iter_mut()
-                        .zip(&*w)
-                        .for_each(|(gi, &wi)| *gi += weight_decay * wi);
-                }
-                if momentum != 0.0 {
-                    if slot.a.is_empty() {
-                        slot.a = grad.to_vec();
-                    } else {
-                        slot.a
-                            .iter_mut()
-                            .zip(&*grad)
-                            .for_each(|(b, &gi)| *b = momentum * *b + (1.0 - dampening) * gi);
-                    }
-                    if nesterov {
-                        grad.iter_mut()
-                            .zip(&slot.a)
-                            .for_each(|(gi, &b)| *gi += momentum * b);
-                    } else {
-                        grad.copy_from_slice(&slot.a);
-                    }
-                }
-                slot.step += 1;
-                w.iter_mut()
-                    .zip(&*grad)
-                    .for_each(|(wi, &gi)| *wi -= lr * gi);
-            })
+        } = *self;
+        // The momentum buffer starts as the first gradient.
+        let first = slot.a.is_empty();
+        if momentum != 0.0 && first {
+            slot.a = vec![0.0; w.len()];
+        }
+        slot.step += 1;
+        for (i, (wi, gi)) in w.iter_mut().zip(g).enumerate() {
+            let wf = wi.to_f64_lossless();
+            let mut gf = gi.to_f64_lossless();
+            if weight_decay != 0.0 {
+                gf += weight_decay * wf;
+            }
+            if momentum != 0.0 {
+                let b = &mut slot.a[i];
+                *b = if first {
+                    gf
+                } else {
+                    momentum * *b + (1.0 - dampening) * gf
+                };
+                gf = if nesterov { gf + momentum * *b } else { *b };
+            }
+            *wi = T::from_f64_lossy(wf - lr * gf);
+        }
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self) -> Result<()> {
+        self.groups.update(self.config.lr, &self.config)
     }
 
     fn zero_grad(&self) {
@@ -439,10 +470,10 @@ impl Optimizer for Sgd {
 }
 
 /// The global L2 norm of all gradients, `√(Σ_p ‖∂L/∂p‖²)` (parameters without a gradient
-/// count as zero), accumulated in `f64` in parameter order. When it exceeds `max_norm`,
-/// every gradient is scaled in place by `max_norm / (norm + 1e-6)` (PyTorch's
-/// `clip_grad_norm_`). A non-finite norm is returned as is and nothing is scaled, so the
-/// caller can stop on it.
+/// count as zero), accumulated in `f64`: each gradient's sum of squares in parallel, then
+/// their total in parameter order. When it exceeds `max_norm`, every gradient is scaled in
+/// place (in parallel) by `max_norm / (norm + 1e-6)` (PyTorch's `clip_grad_norm_`). A
+/// non-finite norm is returned as is and nothing is scaled, so the caller can stop on it.
 ///
 /// `max_norm` must be finite and > 0 (a negative bound would flip every gradient's sign and 0
 /// would erase them): otherwise [`Error::Config`] is returned and no gradient is touched. To
@@ -454,19 +485,39 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
         )));
     }
     let grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
-    let mut sq = 0.0;
-    for g in &grads {
-        sq += g.to_vec_f64()?.iter().map(|x| x * x).sum::<f64>();
-    }
-    let norm = sq.sqrt();
+    let sums = grads
+        .par_iter()
+        .map(|g| match g.dtype() {
+            DType::F32 => g.with_data(sum_of_squares::<f32>),
+            DType::F64 => g.with_data(sum_of_squares::<f64>),
+        })
+        .collect::<engine::Result<Vec<f64>>>()?;
+    let norm = sums.iter().fold(0.0, |sq, s| sq + s).sqrt();
     if norm.is_finite() && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);
-        for g in &grads {
-            let scaled: Vec<f64> = g.to_vec_f64()?.iter().map(|x| x * scale).collect();
-            g.copy_(&Tensor::from_f64s(&scaled, g.shape(), g.dtype())?)?;
-        }
+        grads.par_iter().try_for_each(|g| match g.dtype() {
+            DType::F32 => g.with_data_mut(|d: &mut [f32]| scale_by(d, scale)),
+            DType::F64 => g.with_data_mut(|d: &mut [f64]| scale_by(d, scale)),
+        })?;
     }
     Ok(norm)
+}
+
+/// `Σ x²` in `f64`, in element order.
+fn sum_of_squares<T: Float>(data: &[T]) -> f64 {
+    data.iter()
+        .map(|x| {
+            let x = x.to_f64_lossless();
+            x * x
+        })
+        .sum()
+}
+
+/// Multiply every element by `scale` in `f64`.
+fn scale_by<T: Float>(data: &mut [T], scale: f64) {
+    for x in data {
+        *x = T::from_f64_lossy(x.to_f64_lossless() * scale);
+    }
 }
 
 /// Linear warmup then cosine decay (as in GPT-style training):
@@ -640,6 +691,19 @@ mod tests {
         assert!(matches!(
             opt.load_state_dict(&state),
             Err(Error::UnexpectedKeys(_))
+        ));
+    }
+
+    #[test]
+    fn optimizers_reject_a_parameter_listed_twice() {
+        let p = leaf(&[1.0]);
+        let groups = vec![
+            ParamGroup::new(vec![p.clone()], 0.0),
+            ParamGroup::new(vec![p.clone()], 0.1),
+        ];
+        assert!(matches!(
+            AdamW::new(groups, AdamWConfig::default()),
+            Err(Error::Config(_))
         ));
     }
 
