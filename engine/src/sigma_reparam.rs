@@ -33,7 +33,6 @@
 
 use crate::cpu::fill_rows;
 use crate::dtype::with_dtype;
-use crate::storage::Storage;
 use crate::{no_grad, DType, Error, Float, Result, Tensor};
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -286,21 +285,8 @@ fn frobenius<T: Float>(a: &Tensor, b: &Tensor) -> Result<f64> {
 /// Apply `f(row_index, row)` to every row (innermost dimension) of `t` in place. `t` must be
 /// a dense tensor freshly computed by this module and not yet shared with anything.
 fn rows_in_place<T: Float>(t: &Tensor, f: impl Fn(usize, &mut [T]) + Sync) -> Result<()> {
-    let range = t
-        .layout()
-        .contiguous_range()
-        .ok_or_else(|| Error::invalid(OP, "in-place update needs a dense tensor"))?;
     let row_len = t.layout().inner().0;
-    let mut guard = t.0.storage.write().expect("storage lock poisoned");
-    let Storage::Cpu(cs) = &mut *guard;
-    let found = cs.dtype();
-    let data = T::slice_mut(cs).ok_or(Error::DTypeMismatch {
-        op: OP,
-        lhs: T::DTYPE,
-        rhs: found,
-    })?;
-    fill_rows(&mut data[range], row_len, f);
-    Ok(())
+    t.with_data_mut(|data: &mut [T]| fill_rows(data, row_len, f))
 }
 
 /// The σReparam linear map `y = (γ / max(σ, ε)) · (x Wᵀ) + b` as one differentiable op.
