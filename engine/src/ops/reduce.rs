@@ -176,13 +176,24 @@ fn reduce_kernel<T: Float>(data: &[T], l: &Layout, dims: &[usize], kind: Reduce)
         if dims.iter().enumerate().all(|(i, &d)| d == i) {
             let mut out = vec![kind.init(); n_out];
             let cols = (crate::cpu::PAR_MIN_ELEMS / n_red).clamp(64, n_out.max(64));
-            let body = |(ci, o): (usize, &mut [T])| {
-                let (c0, len) = (ci * cols, o.len());
+            // One loop per kind (the match outside), so the row accumulation vectorizes.
+            fn accumulate<T: Float>(
+                x: &[T],
+                n_out: usize,
+                c0: usize,
+                o: &mut [T],
+                f: impl Fn(T, T) -> T,
+            ) {
+                let len = o.len();
                 for row in x.chunks(n_out) {
                     for (a, &b) in o.iter_mut().zip(&row[c0..c0 + len]) {
-                        *a = kind.combine(*a, b);
+                        *a = f(*a, b);
                     }
                 }
+            }
+            let body = |(ci, o): (usize, &mut [T])| match kind {
+                Reduce::Sum => accumulate(x, n_out, ci * cols, o, |a, b| a + b),
+                Reduce::Max => accumulate(x, n_out, ci * cols, o, |a, b| Reduce::Max.combine(a, b)),
             };
             if x.len() >= crate::cpu::PAR_MIN_ELEMS {
                 out.par_chunks_mut(cols).enumerate().for_each(body);
