@@ -6,7 +6,7 @@ use std::fmt;
 /// devices with [`crate::Error::DeviceMismatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Device {
-    /// Host memory, multithreaded kernels (rayon + matrixmultiply).
+    /// Host memory, multithreaded kernels (rayon + the `gemm` crate).
     #[default]
     Cpu,
     /// A CUDA device by ordinal (backend provided by the `cuda` crate).

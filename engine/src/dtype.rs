@@ -50,8 +50,8 @@ pub trait Float:
     /// `f32`: a branch-free polynomial that vectorizes (within 2 ulp of `exp`; 0 below
     /// -87, +inf above 88). `f64`: the libm `exp`.
     fn fast_exp(self) -> Self;
-    /// `C ← alpha·A·B + beta·C` through matrixmultiply, with arbitrary (row, column) strides
-    /// given in elements.
+    /// `C ← alpha·A·B + beta·C` through the `gemm` crate (single-threaded), with arbitrary
+    /// (row, column) strides given in elements; C is not read when `beta` is 0.
     ///
     /// # Safety
     /// The pointers and strides must describe valid `m×k`, `k×n` and `m×n` matrices; `c`
@@ -76,7 +76,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $variant:ident, $gemm:path, $erf:path, $exp:path) => {
+    ($t:ty, $variant:ident, $erf:path, $exp:path) => {
         impl Float for $t {
             const DTYPE: DType = DType::$variant;
             fn slice(s: &CpuStorage) -> Option<&[Self]> {
@@ -123,14 +123,36 @@ macro_rules! impl_float {
                 rsc: isize,
                 csc: isize,
             ) {
-                $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+                // gemm computes `dst ← α·dst + β·lhs·rhs` (its α and β are the other way
+                // round) and never reads `dst` when told not to.
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c,
+                    csc,
+                    rsc,
+                    beta != 0.0,
+                    a,
+                    csa,
+                    rsa,
+                    b,
+                    csb,
+                    rsb,
+                    beta,
+                    alpha,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
             }
         }
     };
 }
 
-impl_float!(f32, F32, matrixmultiply::sgemm, libm::erff, exp_f32);
-impl_float!(f64, F64, matrixmultiply::dgemm, libm::erf, f64::exp);
+impl_float!(f32, F32, libm::erff, exp_f32);
+impl_float!(f64, F64, libm::erf, f64::exp);
 
 /// `e^x` in f32 without branches or calls, so that loops over it vectorize: Cody-Waite
 /// reduction `x = n·ln2 + r` with `|r| <= ln2/2`, the Cephes `expf` minimax polynomial for

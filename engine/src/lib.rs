@@ -4,7 +4,7 @@
 //! - Autograd: [`Tensor::backward`], [`no_grad`], [`Tensor::detach`]; see [`autograd`] for the
 //!   rules (accumulation, freeing the graph, conventions at kinks and ties).
 //! - Kernels: multithreaded through rayon (set `RAYON_NUM_THREADS` to choose the thread
-//!   count); matrix products through matrixmultiply.
+//!   count); matrix products through the `gemm` crate.
 //! - σReparam: [`sigma_reparam_linear`], the fused spectrally reparametrized linear map, with
 //!   its persistent [`PowerIterState`].
 //! - [`gradcheck`]: finite-difference verification of any differentiable function.

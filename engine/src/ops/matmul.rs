@@ -1,9 +1,10 @@
 //! Matrix multiplication: 2-D and batched with broadcast batch dims, on strided views
-//! without copies (matrixmultiply takes row and column strides).
+//! without copies (the `gemm` crate takes row and column strides).
 //!
 //! Parallelism is one level, through rayon: across the batch when it is large enough,
 //! otherwise across row (or, for a wide result, column) blocks of one product;
-//! matrixmultiply itself runs single-threaded.
+//! `gemm` itself runs single-threaded, so the result of every product is the same whatever
+//! the thread count (its blocking along `k` depends only on `k` and the CPU's caches).
 
 use crate::cpu::SendPtr;
 use crate::dtype::with_dtype;
@@ -121,8 +122,8 @@ fn gemm_batched<T: Float>(
     if len == 0 || k == 0 {
         return vec![T::zero(); len];
     }
-    // Left uninitialized: with beta = 0, matrixmultiply documents that C "does not need to
-    // be initialized", and the blocks below tile every product's `m × n` result.
+    // Left uninitialized: with beta = 0, `gemm` is told not to read C, and the blocks below
+    // tile every product's `m × n` result.
     let mut out: Vec<T> = Vec::with_capacity(len);
     let batch_of = |l: &Layout| {
         Layout::new(
