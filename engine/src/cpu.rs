@@ -15,7 +15,7 @@ pub(crate) fn gather<T: Float>(data: &[T], layout: &Layout) -> Vec<T> {
     match layout.contiguous_range() {
         Some(r) => data[r].to_vec(),
         None => {
-            let mut out = vec![T::zero(); layout.numel()];
+            let mut out = zeros(layout.numel());
             let (n, s) = layout.inner();
             fill_rows(&mut out, n, |row, dst| {
                 let base = layout.row_offset(row);
@@ -109,7 +109,7 @@ pub(crate) fn zip_map<T: Float>(
             }
         });
     }
-    let mut out = vec![T::zero(); n];
+    let mut out = zeros(n);
     let (len, sa) = la.inner();
     let (_, sb) = lb.inner();
     fill_rows(&mut out, len, |row, dst| {
@@ -165,6 +165,16 @@ pub(crate) fn fill_dense<T: Float>(
     // SAFETY: `f` initialized all `n` elements (the contract above), and `n <= capacity`.
     unsafe { out.set_len(n) };
     out
+}
+
+/// `n` zeros, written in parallel chunks when `n` is large: a zeroed allocation that reuses
+/// freed memory is otherwise one `memset` on the calling thread while the others wait.
+pub(crate) fn zeros<T: Float>(n: usize) -> Vec<T> {
+    fill_dense(n, |_, o| {
+        for v in o {
+            v.write(T::zero());
+        }
+    })
 }
 
 /// `out[i] = f(x[i])` over a contiguous slice.

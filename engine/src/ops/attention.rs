@@ -19,7 +19,7 @@
 //! straight into `[batch, T, heads, d]` storage (returned as `[batch, heads, T, d]` views),
 //! so merging the heads back into `[batch, T, heads·d]` needs no copy.
 
-use crate::cpu::SendPtr;
+use crate::cpu::{zeros, SendPtr};
 use crate::dtype::with_dtype;
 use crate::layout::Layout;
 use crate::ops::softmax::{softmax_grad_in_place, softmax_in_place};
@@ -166,8 +166,8 @@ fn forward<T: Float>(
     (k, lk): (&[T], &Layout),
     (v, lv): (&[T], &Layout),
 ) -> (Vec<T>, Vec<T>) {
-    let mut p = vec![T::zero(); d.b * d.h * d.t * d.s];
-    let mut o = vec![T::zero(); d.b * d.t * d.h * d.dv];
+    let mut p = zeros(d.b * d.h * d.t * d.s);
+    let mut o = zeros(d.b * d.t * d.h * d.dv);
     let out = SendPtr(o.as_mut_ptr());
     p.par_chunks_mut((d.t * d.s).max(1))
         .enumerate()
@@ -231,9 +231,9 @@ fn backward<T: Float>(
     p: &[T],
     (g, lg): (&[T], &Layout),
 ) -> [Vec<T>; 3] {
-    let mut dq = vec![T::zero(); d.b * d.t * d.h * d.dk];
-    let mut dk = vec![T::zero(); d.b * d.s * d.h * d.dk];
-    let mut dv = vec![T::zero(); d.b * d.s * d.h * d.dv];
+    let mut dq = zeros(d.b * d.t * d.h * d.dk);
+    let mut dk = zeros(d.b * d.s * d.h * d.dk);
+    let mut dv = zeros(d.b * d.s * d.h * d.dv);
     let (pq, pk, pv) = (
         SendPtr(dq.as_mut_ptr()),
         SendPtr(dk.as_mut_ptr()),

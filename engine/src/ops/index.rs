@@ -2,7 +2,7 @@
 //! PyTorch's semantics. Every backward scatter-ADDS into a zero gradient, so an index that
 //! occurs several times receives the sum of its upstream gradients (case BC-10).
 
-use crate::cpu::{dense, fill_rows};
+use crate::cpu::{dense, fill_rows, zeros};
 use crate::dtype::with_dtype;
 use crate::layout::{Layout, Shape};
 use crate::{Error, Float, Result, Tensor};
@@ -27,7 +27,7 @@ fn select_forward<T: Float>(
     idx: &[usize],
 ) -> Vec<T> {
     let k = idx.len();
-    let mut out = vec![T::zero(); outer * k * inner];
+    let mut out = zeros(outer * k * inner);
     fill_rows(&mut out, inner, |r, dst| {
         let src = ((r / k) * size + idx[r % k]) * inner;
         dst.copy_from_slice(&x[src..src + inner]);
@@ -59,7 +59,7 @@ fn select_backward<T: Float>(
         readers[next[i]] = j;
         next[i] += 1;
     }
-    let mut gx = vec![T::zero(); outer * size * inner];
+    let mut gx = zeros(outer * size * inner);
     fill_rows(&mut gx, inner, |r, dst| {
         let (o, s) = (r / size, r % size);
         for &j in &readers[start[s]..start[s + 1]] {
@@ -82,7 +82,7 @@ fn index_base(layout: &Layout, dim: usize, shape: &[usize]) -> Layout {
 
 /// `out[p] = x[base(p) + idx[p]·stride]` for every position `p` of `base`.
 fn gather_forward<T: Float>(x: &[T], base: &Layout, stride: usize, idx: &[usize]) -> Vec<T> {
-    let mut out = vec![T::zero(); idx.len()];
+    let mut out = zeros(idx.len());
     let (n, s) = base.inner();
     fill_rows(&mut out, n, |r, dst| {
         let b = base.row_offset(r);
@@ -102,7 +102,7 @@ fn gather_backward<T: Float>(
     idx: &[usize],
     numel: usize,
 ) -> Vec<T> {
-    let mut gx = vec![T::zero(); numel];
+    let mut gx = zeros(numel);
     for ((o, &i), &v) in base.offsets().zip(idx).zip(g) {
         gx[o + i * stride] += v;
     }

@@ -120,7 +120,7 @@ fn gemm_batched<T: Float>(
     let n_batch: usize = la.shape()[..r - 2].iter().product();
     let len = n_batch * m * n;
     if len == 0 || k == 0 {
-        return vec![T::zero(); len];
+        return crate::cpu::zeros(len);
     }
     // Left uninitialized: with beta = 0, `gemm` is told not to read C, and the blocks below
     // tile every product's `m × n` result.

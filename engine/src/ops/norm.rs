@@ -2,7 +2,7 @@
 //! Normalization", arXiv:1607.06450; PyTorch `nn.functional.layer_norm`), one fused op
 //! with an analytic backward for the input, the weight and the bias.
 
-use crate::cpu::{dense, fill_rows, map_rows, sequential};
+use crate::cpu::{dense, fill_rows, map_rows, sequential, zeros};
 use crate::dtype::with_dtype;
 use crate::{Error, Float, Result, Tensor};
 use rayon::prelude::*;
@@ -33,7 +33,7 @@ fn all_row_stats<T: Float>(x: &[T], d: usize, eps: T) -> Vec<T> {
 /// `x̂ ⊙ w + b` row by row with `x̂ = (x − mean)·rstd` (each factor optional), given the
 /// per-row `stats` of [`all_row_stats`].
 fn forward<T: Float>(x: &[T], stats: &[T], w: Option<&[T]>, b: Option<&[T]>, d: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = zeros(x.len());
     fill_rows(&mut y, d, |r, o| {
         let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
         for (j, (v, &xj)) in o.iter_mut().zip(&x[r * d..(r + 1) * d]).enumerate() {
@@ -62,7 +62,7 @@ impl<T: Float> Backward<T> {
         }
         let block = PARAM_BLOCK_ROWS * d;
         let n_blocks = x.len().div_ceil(block);
-        let mut dx = vec![T::zero(); x.len()];
+        let mut dx = zeros(x.len());
         let mut partials = vec![T::zero(); n_blocks * 2 * d];
         let one_block = |(i, (dxb, pb)): (usize, (&mut [T], &mut [T]))| {
             for (k, dxr) in dxb.chunks_mut(d).enumerate() {

@@ -1,7 +1,7 @@
 //! Numerically stable softmax and log-softmax along one dimension, each with a fused
 //! single-kernel backward.
 
-use crate::cpu::fill_rows;
+use crate::cpu::{fill_rows, zeros};
 use crate::dtype::with_dtype;
 use crate::{Float, Result, Tensor};
 
@@ -77,7 +77,7 @@ pub(crate) fn softmax_grad_in_place<T: Float>(y: &[T], g: &mut [T]) {
 /// Row-wise forward over dense rows of length `n`: subtract the row max (detached), then
 /// `p = e^{x-m} / Σ e^{x-m}` or `log p = (x - m) - ln Σ e^{x-m}`.
 fn forward_rows<T: Float>(x: &[T], n: usize, kind: Kind) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = zeros(x.len());
     fill_rows(&mut out, n, |r, o| {
         let row = &x[r * n..(r + 1) * n];
         o.copy_from_slice(row);
@@ -100,7 +100,7 @@ fn forward_rows<T: Float>(x: &[T], n: usize, kind: Kind) -> Vec<T> {
 /// Row-wise backward given the forward output `y` and upstream `g`:
 /// softmax: `dx = y ⊙ (g − Σ g⊙y)`; log-softmax: `dx = g − e^{y} Σ g`.
 fn backward_rows<T: Float>(y: &[T], g: &[T], n: usize, kind: Kind) -> Vec<T> {
-    let mut out = vec![T::zero(); y.len()];
+    let mut out = zeros(y.len());
     fill_rows(&mut out, n, |r, o| {
         let (yr, gr) = (&y[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
         match kind {
