@@ -706,6 +706,75 @@ fn matmul_fixed_cases() {
 }
 
 #[test]
+fn linear_with_and_without_bias() {
+    // x [..., in] (plain or a strided view), W [out, in] (a view too), b [out]; zero-size
+    // rows, inputs and outputs included.
+    let cases: Vec<(Vec<usize>, [usize; 2])> = vec![
+        (vec![3, 4], [5, 4]),
+        (vec![2, 3, 4], [2, 4]),
+        (vec![4], [3, 4]),
+        (vec![0, 4], [3, 4]),
+        (vec![3, 0], [2, 0]),
+        (vec![3, 4], [0, 4]),
+    ];
+    for (i, (sx, sw)) in cases.into_iter().enumerate() {
+        for views in [false, true] {
+            let mut r = rng(900 + i as u64);
+            let x = if views && sx.len() >= 2 {
+                matmul_arg(&mut r, &sx)
+            } else {
+                Arg::plain(&sx)
+            };
+            let w = if views {
+                matmul_arg(&mut r, &sw)
+            } else {
+                Arg::plain(&sw)
+            };
+            let b = Arg::plain(&[sw[0]]);
+            check_args(
+                "linear",
+                &[x.clone(), w.clone(), b],
+                Domain::Any,
+                i as u64,
+                |t| t[0].linear(&t[1], Some(&t[2])),
+            );
+            check_args("linear (no bias)", &[x, w], Domain::Any, i as u64, |t| {
+                t[0].linear(&t[1], None)
+            });
+        }
+    }
+}
+
+#[test]
+fn linear_values_and_errors() {
+    let x = leaf(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
+    let w = leaf(&[1.0, 0.0, -1.0, 0.5, 0.5, 0.5], &[2, 3]);
+    let b = leaf(&[10.0, 20.0], &[2]);
+    let y = x.linear(&w, Some(&b)).unwrap();
+    assert_eq!(y.to_vec::<f64>().unwrap(), [8.0, 23.0, 8.0, 27.5]);
+    // No input features: the output is the bias on every row.
+    let y0 = leaf(&[], &[3, 0])
+        .linear(&leaf(&[], &[2, 0]), Some(&b))
+        .unwrap();
+    assert_eq!(
+        y0.to_vec::<f64>().unwrap(),
+        [10.0, 20.0, 10.0, 20.0, 10.0, 20.0]
+    );
+    assert!(matches!(
+        x.linear(&leaf(&[0.0; 4], &[2, 2]), None),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        x.linear(&leaf(&[0.0; 3], &[3]), None),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        x.linear(&w, Some(&leaf(&[0.0; 3], &[3]))),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
+
+#[test]
 fn matmul_random_batched_views() {
     for seed in 0..30u64 {
         let mut r = rng(800 + seed);

@@ -33,6 +33,7 @@
 
 use crate::cpu::fill_rows;
 use crate::dtype::with_dtype;
+use crate::ops::{check_linear, weight_dims, LinearShape};
 use crate::{no_grad, DType, Error, Float, Result, Tensor};
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -94,7 +95,7 @@ impl PowerIterState {
     ///
     /// Errors when `w` is not 2-D, `tol` is negative or NaN, or `max_iters` is 0.
     pub fn init(w: &Tensor, tol: f64, max_iters: usize) -> Result<Self> {
-        let (out, inp) = weight_dims(w)?;
+        let (out, inp) = weight_dims(OP, w)?;
         if tol.is_nan() || tol < 0.0 || max_iters == 0 {
             return Err(Error::invalid(
                 "PowerIterState::init",
@@ -168,17 +169,6 @@ impl PowerIterState {
     }
 }
 
-/// `(out, in)` of a 2-D weight.
-fn weight_dims(w: &Tensor) -> Result<(usize, usize)> {
-    match *w.shape() {
-        [out, inp] => Ok((out, inp)),
-        _ => Err(Error::invalid(
-            OP,
-            format!("weight must be 2-D [out, in], got shape {:?}", w.shape()),
-        )),
-    }
-}
-
 /// `(z / max(‖z‖₂, NORM_EPS), ‖z‖₂)` as a vector shaped like `prev`; when `z` is exactly zero
 /// (an all-zero weight) a copy of `prev` instead, so that the state never collapses to zero
 /// and recovers once the weight becomes non-zero.
@@ -196,7 +186,7 @@ fn normalize_or_keep(z: &[f64], prev: &Tensor) -> Result<(Tensor, f64)> {
 /// in one pass over the weight's rows. (A matrix-vector product through the matmul kernel
 /// would first pack all of `W`, several times the cost of this pass.)
 fn weight_times(w: &Tensor, z: &[f64], transpose: bool) -> Result<Vec<f64>> {
-    let (out, inp) = weight_dims(w)?;
+    let (out, inp) = weight_dims(OP, w)?;
     let w = w.contiguous()?;
     with_dtype!(w.dtype(), T => w.with_cpu::<T, _>(OP, |data, l| {
         let rows = data[l.contiguous_range().expect("contiguous")].chunks_exact(inp.max(1));
@@ -313,41 +303,21 @@ pub fn sigma_reparam_linear(
     state: &PowerIterState,
     training: bool,
 ) -> Result<Tensor> {
-    let (out, inp) = weight_dims(w)?;
-    x.check_same(OP, w)?;
+    let LinearShape {
+        rows,
+        inp,
+        out,
+        y_shape,
+    } = check_linear(OP, x, w, bias)?;
     gamma.check_same(OP, w)?;
-    if x.rank() == 0 || x.shape()[x.rank() - 1] != inp {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            lhs: x.shape().to_vec(),
-            rhs: w.shape().to_vec(),
-        });
-    }
     if gamma.rank() > 1 || gamma.numel() != 1 {
         return Err(Error::invalid(
             OP,
             format!("gamma must have shape [] or [1], got {:?}", gamma.shape()),
         ));
     }
-    if let Some(b) = bias {
-        b.check_same(OP, w)?;
-        if b.shape() != [out] {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "bias has shape {:?}, a weight of shape {:?} needs [{out}]",
-                    b.shape(),
-                    w.shape()
-                ),
-            ));
-        }
-    }
     state.check_fits(out, inp, w.dtype())?;
 
-    let lead = &x.shape()[..x.rank() - 1];
-    let rows: usize = lead.iter().product();
-    let mut y_shape = lead.to_vec();
-    y_shape.push(out);
     let dtype = w.dtype();
     let (y, node) = no_grad(|| -> Result<_> {
         let wd = w.detach();
@@ -366,17 +336,7 @@ pub fn sigma_reparam_linear(
         };
         let scale = gamma.item()? / step.sigma.max(SIGMA_EPS);
         let x2 = x.detach().reshape(&[rows, inp])?;
-        let z = x2.matmul_scaled(&wd.t()?, scale)?;
-        if let Some(b) = bias {
-            with_dtype!(dtype, T => {
-                let b = b.to_vec::<T>()?;
-                rows_in_place::<T>(&z, |_, row| {
-                    for (y, &bj) in row.iter_mut().zip(&b) {
-                        *y += bj;
-                    }
-                })?
-            });
-        }
+        let z = x2.matmul_scaled(&wd.t()?, scale, bias)?;
         let node = Node {
             x2,
             w: wd,
@@ -426,7 +386,7 @@ impl Node {
         // ∂L/∂x = s·(∂L/∂y) W
         let dx = if need_x {
             Some(
-                g2.matmul_scaled(&self.w, self.scale)?
+                g2.matmul_scaled(&self.w, self.scale, None)?
                     .reshape(&self.x_shape)?,
             )
         } else {

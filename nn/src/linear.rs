@@ -3,7 +3,7 @@
 
 use crate::module::join;
 use crate::{Module, Result, TensorRole};
-use engine::{sigma_reparam_linear, DType, Error, GammaInit, PowerIterState, Tensor};
+use engine::{sigma_reparam_linear, DType, GammaInit, PowerIterState, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Stopping rule of the power iteration at initialization: `‖u_k − u_{k−1}‖₂ ≤ INIT_TOL`.
@@ -36,24 +36,6 @@ fn init_weight_bias(
     Ok((weight, bias))
 }
 
-/// `x` as `[rows, in]` plus the output shape `[..., out]`, or a shape error naming both
-/// shapes when the last dim of `x` is not `in`.
-fn flatten_input(x: &Tensor, weight: &Tensor) -> Result<(Tensor, Vec<usize>)> {
-    let (out, inp) = (weight.shape()[0], weight.shape()[1]);
-    if x.rank() == 0 || x.shape()[x.rank() - 1] != inp {
-        return Err(Error::ShapeMismatch {
-            op: "Linear::forward",
-            lhs: x.shape().to_vec(),
-            rhs: weight.shape().to_vec(),
-        }
-        .into());
-    }
-    let lead = &x.shape()[..x.rank() - 1];
-    let mut y_shape = lead.to_vec();
-    y_shape.push(out);
-    Ok((x.reshape(&[lead.iter().product(), inp])?, y_shape))
-}
-
 /// The affine map `y = x Wᵀ + b` (PyTorch `nn.Linear`).
 ///
 /// Parameters: `weight` `[out, in]`, `bias` `[out]` (optional).
@@ -81,12 +63,7 @@ impl Linear {
     ///
     /// Errors when the last dim of `x` is not `in` (naming both shapes) or dtypes differ.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (x2, y_shape) = flatten_input(x, &self.weight)?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.add(b)?;
-        }
-        Ok(y.reshape(&y_shape)?)
+        Ok(x.linear(&self.weight, self.bias.as_ref())?)
     }
 
     /// The weight `[out, in]`.

@@ -23,7 +23,7 @@ impl Tensor {
     /// Errors with [`Error::ShapeMismatch`] when a rank is below 2, inner dims differ or
     /// batch dims do not broadcast.
     pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
-        let out = self.matmul_scaled(other, 1.0)?;
+        let out = self.matmul_scaled(other, 1.0, None)?;
         let (a, b) = (self.detach(), other.detach());
         let (rga, rgb) = (self.requires_grad(), other.requires_grad());
         Ok(out.record(&[self, other], "matmul", move |g| {
@@ -35,10 +35,16 @@ impl Tensor {
         }))
     }
 
-    /// `alpha · (self @ other)` with the shapes and errors of [`Tensor::matmul`], computed in
-    /// the product kernel (no extra pass over the output) and not recorded: for fused ops
-    /// that supply their own backward.
-    pub(crate) fn matmul_scaled(&self, other: &Tensor, alpha: f64) -> Result<Tensor> {
+    /// `alpha · (self @ other) + bias` with the shapes and errors of [`Tensor::matmul`],
+    /// computed in the product kernel (no extra pass over the output) and not recorded: for
+    /// fused ops that supply their own backward. `bias`, if any, is `[n]` (checked by the
+    /// caller) and added to every row.
+    pub(crate) fn matmul_scaled(
+        &self,
+        other: &Tensor,
+        alpha: f64,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         self.check_same("matmul", other)?;
         let mismatch = || Error::ShapeMismatch {
             op: "matmul",
@@ -64,8 +70,11 @@ impl Tensor {
         let la = self.layout().broadcast_to("matmul", &a_shape)?;
         let lb = other.layout().broadcast_to("matmul", &b_shape)?;
         with_dtype!(self.dtype(), T => {
+            let bias = bias.map(|b| b.to_vec::<T>()).transpose()?;
             let v = self.with_cpu::<T, _>("matmul", |a, _| {
-                other.with_cpu::<T, _>("matmul", |b, _| gemm_batched(a, &la, b, &lb, m, k, n, T::from_f64_lossy(alpha)))
+                other.with_cpu::<T, _>("matmul", |b, _| {
+                    gemm_batched(a, &la, b, &lb, (m, k, n), T::from_f64_lossy(alpha), bias.as_deref())
+                })
             })??;
             Tensor::from_vec(v, &out_shape)
         })
@@ -103,24 +112,26 @@ fn column_major(t: &Tensor) -> bool {
     s[r - 2] == 1 && s[r - 1] != 1
 }
 
-/// `C[b] = alpha·A[b]·B[b]` for every batch index; `la`, `lb` are broadcast to the batch
-/// shape.
-#[allow(clippy::too_many_arguments)]
+/// `C[b] = alpha·A[b]·B[b] (+ bias on every row)` for every batch index; `la`, `lb` are
+/// broadcast to the batch shape, and `bias` has `n` elements.
 fn gemm_batched<T: Float>(
     a: &[T],
     la: &Layout,
     b: &[T],
     lb: &Layout,
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     alpha: T,
+    bias: Option<&[T]>,
 ) -> Vec<T> {
     let r = la.rank();
     let n_batch: usize = la.shape()[..r - 2].iter().product();
     let len = n_batch * m * n;
     if len == 0 || k == 0 {
-        return crate::cpu::zeros(len);
+        let mut out = crate::cpu::zeros(len);
+        if let Some(bias) = bias.filter(|_| n > 0) {
+            out.chunks_mut(n).for_each(|row| row.copy_from_slice(bias));
+        }
+        return out;
     }
     // Left uninitialized: with beta = 0, `gemm` is told not to read C, and the blocks below
     // tile every product's `m × n` result.
@@ -145,8 +156,10 @@ fn gemm_batched<T: Float>(
         // non-`Send` field).
         #[allow(clippy::redundant_locals)]
         let c = c;
+        let c_off = i * m * n + r0 * n + c0;
         // SAFETY: offsets index inside `a`/`b` (layouts were validated against their
-        // storage when built); each (batch, block) writes a disjoint part of `out`.
+        // storage when built); each (batch, block) writes, then adds the bias to, a disjoint
+        // part of `out`.
         unsafe {
             T::gemm(
                 r1 - r0,
@@ -160,10 +173,19 @@ fn gemm_batched<T: Float>(
                 rsb,
                 csb,
                 T::zero(),
-                c.0.add(i * m * n + r0 * n + c0),
+                c.0.add(c_off),
                 n as isize,
                 1,
-            )
+            );
+            // The bias, added to the block while it is still in cache.
+            if let Some(bias) = bias {
+                for row in 0..r1 - r0 {
+                    let dst = std::slice::from_raw_parts_mut(c.0.add(c_off + row * n), c1 - c0);
+                    for (y, &b) in dst.iter_mut().zip(&bias[c0..c1]) {
+                        *y += b;
+                    }
+                }
+            }
         }
     };
     if threads == 1 || flops * n_batch < PAR_MIN_FLOPS {

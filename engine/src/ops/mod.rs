@@ -4,6 +4,7 @@ mod binary;
 mod concat;
 mod dropout;
 mod index;
+mod linear;
 mod loss;
 mod matmul;
 mod norm;
@@ -13,4 +14,5 @@ mod softmax;
 mod unary;
 mod view;
 
+pub(crate) use linear::{check_linear, weight_dims, LinearShape};
 pub use loss::{Reduction, IGNORE_INDEX};
