@@ -172,10 +172,17 @@ fn reduce_kernel<T: Float>(data: &[T], l: &Layout, dims: &[usize], kind: Reduce)
                 x.chunks(n_red).map(|c| kind.slice(c)).collect()
             };
         }
-        // Leading dims reduced: accumulate whole rows, columns split across threads.
+        // Leading dims reduced: accumulate whole rows (each output in row order), with the
+        // columns split into one wide block per thread, so each row is read in long runs.
         if dims.iter().enumerate().all(|(i, &d)| d == i) {
             let mut out = vec![kind.init(); n_out];
-            let cols = (crate::cpu::PAR_MIN_ELEMS / n_red).clamp(64, n_out.max(64));
+            let cols = if crate::cpu::sequential(x.len()) {
+                n_out
+            } else {
+                n_out
+                    .div_ceil(rayon::current_num_threads())
+                    .next_multiple_of(16)
+            };
             // One loop per kind (the match outside), so the row accumulation vectorizes.
             fn accumulate<T: Float>(
                 x: &[T],
@@ -195,11 +202,7 @@ fn reduce_kernel<T: Float>(data: &[T], l: &Layout, dims: &[usize], kind: Reduce)
                 Reduce::Sum => accumulate(x, n_out, ci * cols, o, |a, b| a + b),
                 Reduce::Max => accumulate(x, n_out, ci * cols, o, |a, b| Reduce::Max.combine(a, b)),
             };
-            if x.len() >= crate::cpu::PAR_MIN_ELEMS {
-                out.par_chunks_mut(cols).enumerate().for_each(body);
-            } else {
-                out.chunks_mut(cols).enumerate().for_each(body);
-            }
+            out.par_chunks_mut(cols).enumerate().for_each(body);
             return out;
         }
     }
