@@ -188,6 +188,14 @@ pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
 }
 
 /// `(p[i], q[i]) = f(x[i])` over a contiguous slice: two outputs from one pass.
+///
+/// This is the hottest elementwise loop of training (GELU's value and derivative), so it
+/// also has a copy compiled for AVX2, chosen at run time, which halves its time on such
+/// CPUs while the binary still targets baseline x86-64. The results are bit-identical: only
+/// the vector width changes (AVX2 does not imply FMA, and Rust never contracts or
+/// reassociates floating-point operations). The outputs are parameters of the
+/// `#[target_feature]` function, not captures, so their no-alias guarantee survives and the
+/// inlined loop vectorizes.
 pub(crate) fn map_pair<T: Float>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> (Vec<T>, Vec<T>) {
     let n = x.len();
     let (mut p, mut q) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -195,12 +203,36 @@ pub(crate) fn map_pair<T: Float>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> (Ve
         &mut p.spare_capacity_mut()[..n],
         &mut q.spare_capacity_mut()[..n],
     );
-    let run = |x: &[T], sp: &mut [MaybeUninit<T>], sq: &mut [MaybeUninit<T>]| {
+    #[inline(always)]
+    fn kernel<T: Float>(
+        x: &[T],
+        sp: &mut [MaybeUninit<T>],
+        sq: &mut [MaybeUninit<T>],
+        f: &impl Fn(T) -> (T, T),
+    ) {
         for ((&v, op), oq) in x.iter().zip(sp).zip(sq) {
             let (a, b) = f(v);
             op.write(a);
             oq.write(b);
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn kernel_avx2<T: Float>(
+        x: &[T],
+        sp: &mut [MaybeUninit<T>],
+        sq: &mut [MaybeUninit<T>],
+        f: &impl Fn(T) -> (T, T),
+    ) {
+        kernel(x, sp, sq, f)
+    }
+    let run = |x: &[T], sp: &mut [MaybeUninit<T>], sq: &mut [MaybeUninit<T>]| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { kernel_avx2(x, sp, sq, &f) };
+        }
+        kernel(x, sp, sq, &f)
     };
     if sequential(n) {
         run(x, sp, sq);
