@@ -102,12 +102,15 @@ pub(crate) fn zip_map<T: Float>(
     let n = la.numel();
     if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
         let (a, b) = (&a[ra], &b[rb]);
-        return fill_dense(n, |s, o| {
-            let r = s..s + o.len();
-            for ((o, &x), &y) in o.iter_mut().zip(&a[r.clone()]).zip(&b[r]) {
-                o.write(f(x, y));
-            }
-        });
+        // SAFETY: `a` and `b` have `n` elements, so the loop writes all of every chunk.
+        return unsafe {
+            fill_dense(n, |s, o| {
+                let r = s..s + o.len();
+                for ((o, &x), &y) in o.iter_mut().zip(&a[r.clone()]).zip(&b[r]) {
+                    o.write(f(x, y));
+                }
+            })
+        };
     }
     let mut out = zeros(n);
     let (len, sa) = la.inner();
@@ -144,11 +147,14 @@ pub(crate) fn zip_map<T: Float>(
     out
 }
 
-/// A new dense vector of `n` elements, each written once by `f(start, chunk)`, which must
-/// initialize every element of `chunk` (the output elements `start..start + chunk.len()`).
-/// Chunks run in parallel when `n` is large. No zero fill precedes the writes, and the
-/// per-chunk loops are plain slice loops that the compiler vectorizes.
-pub(crate) fn fill_dense<T: Float>(
+/// A new dense vector of `n` elements, each written once by `f(start, chunk)` (the output
+/// elements `start..start + chunk.len()`). Chunks run in parallel when `n` is large. No
+/// zero fill precedes the writes, and the per-chunk loops are plain slice loops that the
+/// compiler vectorizes.
+///
+/// # Safety
+/// `f` must initialize every element of every `chunk` it is given.
+pub(crate) unsafe fn fill_dense<T: Float>(
     n: usize,
     f: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
 ) -> Vec<T> {
@@ -162,7 +168,7 @@ pub(crate) fn fill_dense<T: Float>(
             .enumerate()
             .for_each(|(c, chunk)| f(c * DENSE_GRAIN, chunk));
     }
-    // SAFETY: `f` initialized all `n` elements (the contract above), and `n <= capacity`.
+    // SAFETY: `f` initialized all `n` elements (the caller's contract), and `n <= capacity`.
     unsafe { out.set_len(n) };
     out
 }
@@ -170,21 +176,27 @@ pub(crate) fn fill_dense<T: Float>(
 /// `n` zeros, written in parallel chunks when `n` is large: a zeroed allocation that reuses
 /// freed memory is otherwise one `memset` on the calling thread while the others wait.
 pub(crate) fn zeros<T: Float>(n: usize) -> Vec<T> {
-    fill_dense(n, |_, o| {
-        for v in o {
-            v.write(T::zero());
-        }
-    })
+    // SAFETY: the loop writes every element of every chunk.
+    unsafe {
+        fill_dense(n, |_, o| {
+            for v in o {
+                v.write(T::zero());
+            }
+        })
+    }
 }
 
 /// `out[i] = f(x[i])` over a contiguous slice.
 pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    fill_dense(x.len(), |s, o| {
-        let x = &x[s..s + o.len()];
-        for (o, &v) in o.iter_mut().zip(x) {
-            o.write(f(v));
-        }
-    })
+    // SAFETY: `x` has as many elements as the output, so the loop writes all of a chunk.
+    unsafe {
+        fill_dense(x.len(), |s, o| {
+            let x = &x[s..s + o.len()];
+            for (o, &v) in o.iter_mut().zip(x) {
+                o.write(f(v));
+            }
+        })
+    }
 }
 
 /// `(p[i], q[i]) = f(x[i])` over a contiguous slice: two outputs from one pass.
