@@ -199,10 +199,10 @@ fn bad_shapes_and_arguments_are_errors() {
     let v = randn(&[1, 2, 5, 6], DType::F64, 2);
     assert!(q.scaled_dot_product_attention(&k, &v, false, 0.5).is_ok());
     let shape_err = |r: Result<Tensor>| matches!(r, Err(Error::ShapeMismatch { .. }));
-    // Rank 3, different d_k, different S, different heads.
-    assert!(shape_err(
-        randn(&[2, 3, 4], DType::F64, 3).scaled_dot_product_attention(&k, &v, false, 0.5)
-    ));
+    let invalid = |r: Result<Tensor>| matches!(r, Err(Error::InvalidArgument { .. }));
+    // Rank 3 (named as such), then different d_k, different S, different heads.
+    let rank3 = randn(&[2, 3, 4], DType::F64, 3).scaled_dot_product_attention(&k, &v, false, 0.5);
+    assert!(rank3.unwrap_err().to_string().contains("rank 4"));
     assert!(shape_err(q.scaled_dot_product_attention(
         &randn(&[1, 2, 5, 3], DType::F64, 4),
         &v,
@@ -221,7 +221,6 @@ fn bad_shapes_and_arguments_are_errors() {
         false,
         0.5
     )));
-    let invalid = |r: Result<Tensor>| matches!(r, Err(Error::InvalidArgument { .. }));
     let k0 = randn(&[1, 2, 0, 4], DType::F64, 7);
     let v0 = randn(&[1, 2, 0, 6], DType::F64, 8);
     assert!(invalid(q.scaled_dot_product_attention(&k0, &v0, true, 0.5)));
@@ -235,4 +234,26 @@ fn bad_shapes_and_arguments_are_errors() {
         q.scaled_dot_product_attention(&k.to_dtype(DType::F32).unwrap(), &v, true, 0.5),
         Err(Error::DTypeMismatch { .. })
     ));
+    // Finite in f64 but not in f32.
+    let (q32, k32, v32) = [&q, &k, &v].map(|x| x.to_dtype(DType::F32).unwrap()).into();
+    assert!(invalid(
+        q32.scaled_dot_product_attention(&k32, &v32, true, 1e39)
+    ));
+    // Empty inputs whose probabilities [1, 1, 2³¹, 2³¹] could not be allocated.
+    let huge = Tensor::zeros(&[1, 1, 1 << 31, 0], DType::F32);
+    assert!(invalid(
+        huge.scaled_dot_product_attention(&huge, &huge, false, 1.0)
+    ));
+    // No batch: no query lacks a key.
+    let (q0, k00, v00) = (
+        randn(&[0, 2, 3, 4], DType::F64, 9),
+        randn(&[0, 2, 0, 4], DType::F64, 10),
+        randn(&[0, 2, 0, 6], DType::F64, 11),
+    );
+    assert_eq!(
+        q0.scaled_dot_product_attention(&k00, &v00, true, 0.5)
+            .unwrap()
+            .shape(),
+        [0, 2, 3, 6]
+    );
 }

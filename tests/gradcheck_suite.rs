@@ -772,6 +772,12 @@ fn linear_values_and_errors() {
         x.linear(&w, Some(&leaf(&[0.0; 3], &[3]))),
         Err(Error::InvalidArgument { .. })
     ));
+    // Output [2³¹, 2³¹]: countable, but too large to allocate.
+    let huge = leaf(&[], &[1 << 31, 0]);
+    assert!(matches!(
+        huge.linear(&huge, None),
+        Err(Error::InvalidArgument { .. })
+    ));
 }
 
 #[test]

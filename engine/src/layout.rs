@@ -31,14 +31,23 @@ pub fn checked_numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
-/// Number of elements of `shape`, erroring (naming `op` and the shape) when it overflows.
+/// Number of elements of `shape`, erroring (naming `op` and the shape) when it overflows
+/// `usize` or when so many elements of the widest dtype (8 bytes) could not be allocated,
+/// so that ops check their output shape before allocating instead of panicking.
 pub(crate) fn numel_of(op: &'static str, shape: &[usize]) -> Result<usize> {
-    checked_numel(shape).ok_or_else(|| {
+    let n = checked_numel(shape).ok_or_else(|| {
         Error::invalid(
             op,
             format!("shape {shape:?} has more elements than usize can count"),
         )
-    })
+    })?;
+    if n > isize::MAX as usize / 8 {
+        return Err(Error::invalid(
+            op,
+            format!("shape {shape:?} has too many elements to allocate"),
+        ));
+    }
+    Ok(n)
 }
 
 /// NumPy broadcasting of two shapes: align on the right; each pair of sizes must be equal

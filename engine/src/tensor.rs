@@ -329,7 +329,9 @@ impl Tensor {
 
     /// Call `f` with the elements of this tensor in row-major order, mutably borrowed so
     /// that `f` overwrites them in place. Not recorded by autograd (like [`Tensor::copy_`]);
-    /// every view sharing the storage sees the change. Errors like [`Tensor::with_data`].
+    /// every view sharing the storage sees the change, including graphs that saved this
+    /// tensor for their backward (there is no version check: change a parameter only
+    /// between steps, as optimizers do). Errors like [`Tensor::with_data`].
     ///
     /// The storage stays write-locked while `f` runs: `f` must not access a tensor sharing
     /// this storage, which would deadlock.

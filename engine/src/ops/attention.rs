@@ -21,9 +21,9 @@
 
 use crate::cpu::{zeros, SendPtr};
 use crate::dtype::with_dtype;
-use crate::layout::Layout;
+use crate::layout::{numel_of, Layout};
 use crate::ops::softmax::{softmax_grad_in_place, softmax_in_place};
-use crate::{Error, Float, Result, Tensor};
+use crate::{DType, Error, Float, Result, Tensor};
 use rayon::prelude::*;
 
 const OP: &str = "scaled_dot_product_attention";
@@ -341,10 +341,11 @@ impl Tensor {
     /// heads without a copy. Same values as `matmul`, `mul_scalar`, a `-inf` mask,
     /// `softmax` and `matmul`, up to rounding (see the module docs for the math).
     ///
-    /// Errors: [`Error::ShapeMismatch`] unless all three are rank 4 with equal batch and
-    /// head counts, `k` and `v` have the same `S`, and `q` and `k` the same `d_k`;
-    /// [`Error::InvalidArgument`] for `S = 0` with `T > 0` (a query with no key) or a
-    /// non-finite `scale`; dtype and device mismatches as for other binary ops.
+    /// Errors: [`Error::InvalidArgument`] unless all three are rank 4, for `S = 0` with a
+    /// query (no key to attend to), for a `scale` not finite in the dtype, or for
+    /// probabilities `[batch, heads, T, S]` too large to allocate; [`Error::ShapeMismatch`]
+    /// unless batch and head counts are equal, `k` and `v` have the same `S`, and `q` and `k`
+    /// the same `d_k`; dtype and device mismatches as for other binary ops.
     pub fn scaled_dot_product_attention(
         &self,
         k: &Tensor,
@@ -362,8 +363,15 @@ impl Tensor {
         let (&[b, h, t, dk], &[kb, kh, s, kd], &[vb, vh, vs, dv]) =
             (self.shape(), k.shape(), v.shape())
         else {
-            let bad = [k, v].into_iter().find(|x| x.rank() != 4).unwrap_or(self);
-            return Err(mismatch(bad));
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "q, k and v must be rank 4 [batch, heads, T, d], got {:?}, {:?} and {:?}",
+                    self.shape(),
+                    k.shape(),
+                    v.shape()
+                ),
+            ));
         };
         if (kb, kh, kd) != (b, h, dk) {
             return Err(mismatch(k));
@@ -371,18 +379,24 @@ impl Tensor {
         if (vb, vh, vs) != (b, h, s) {
             return Err(mismatch(v));
         }
-        if s == 0 && t > 0 {
+        if s == 0 && b * h * t > 0 {
             return Err(Error::invalid(
                 OP,
                 format!("queries {:?} have no keys (S = 0)", self.shape()),
             ));
         }
-        if !scale.is_finite() {
+        let finite = match self.dtype() {
+            DType::F32 => (scale as f32).is_finite(),
+            DType::F64 => scale.is_finite(),
+        };
+        if !finite {
             return Err(Error::invalid(
                 OP,
-                format!("scale must be finite, got {scale}"),
+                format!("scale must be finite in {:?}, got {scale}", self.dtype()),
             ));
         }
+        // The probabilities are [b, h, t, s] whatever d is: refuse what cannot be allocated.
+        numel_of(OP, &[b, h, t, s])?;
         let d = Dims {
             b,
             h,

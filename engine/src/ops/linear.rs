@@ -1,6 +1,6 @@
-//! The affine map `y = x Wᵀ + b` (PyTorch `F.linear`) as one op: the bias is written into
-//! the output before the product accumulates onto it, so there is no separate pass (or
-//! tensor) for the addition, and the backward gives `W` a dense gradient directly.
+//! The affine map `y = x Wᵀ + b` (PyTorch `F.linear`) as one op: the bias is added to each
+//! block of the product right after it is computed (still in cache), so there is no separate
+//! pass (or tensor) for the addition, and the backward gives `W` a dense gradient directly.
 
 use crate::{Error, Result, Tensor};
 
@@ -70,8 +70,8 @@ pub(crate) fn check_linear(
 
 impl Tensor {
     /// `y = x Wᵀ + b` for `self` = `x` `[..., in]`, `weight` `[out, in]` and an optional
-    /// `bias` `[out]`, giving `[..., out]` (PyTorch `F.linear`). One op: the bias seeds the
-    /// output that the product accumulates onto. Backward: `∂x = g W`, `∂W = gᵀ x` (dense,
+    /// `bias` `[out]` (exactly; no broadcasting), giving `[..., out]` (PyTorch `F.linear`).
+    /// One op: the bias is added to each block of the product as it is computed. Backward: `∂x = g W`, `∂W = gᵀ x` (dense,
     /// summed over all leading dims by the product), `∂b = Σ_rows g`.
     ///
     /// Errors with [`Error::ShapeMismatch`] when the last dim of `x` is not `in`, with

@@ -3,8 +3,8 @@
 //!
 //! Parallelism is one level, through rayon: across the batch when it is large enough,
 //! otherwise across row (or, for a wide result, column) blocks of one product;
-//! `gemm` itself runs single-threaded, so the result of every product is the same whatever
-//! the thread count (its blocking along `k` depends only on `k` and the CPU's caches).
+//! `gemm` itself runs single-threaded, and every call sums at most [`K_CHUNK`] terms of `k`
+//! in one pass, so the result of every product is the same whatever the thread count.
 
 use crate::cpu::SendPtr;
 use crate::dtype::with_dtype;
@@ -14,6 +14,12 @@ use rayon::prelude::*;
 
 /// Products with fewer multiply-adds than this run on the calling thread.
 const PAR_MIN_FLOPS: usize = 1 << 18;
+
+/// The longest stretch of `k` handed to one `gemm` call; longer products accumulate chunks
+/// in order. `gemm` sums at most 512 terms of `k` per pass, but how it groups a longer `k`
+/// depends on the block's `m` and `n` (and the CPU's caches): without the chunks, a product
+/// split into one block per thread would round differently for each thread count.
+const K_CHUNK: usize = 512;
 
 impl Tensor {
     /// Matrix product `self @ other` for `self` `[..., m, k]` and `other` `[..., k, n]`,
@@ -67,6 +73,7 @@ impl Tensor {
         b_shape.extend([k, n]);
         let mut out_shape = batch.to_vec();
         out_shape.extend([m, n]);
+        crate::layout::numel_of("matmul", &out_shape)?;
         let la = self.layout().broadcast_to("matmul", &a_shape)?;
         let lb = other.layout().broadcast_to("matmul", &b_shape)?;
         with_dtype!(self.dtype(), T => {
@@ -161,22 +168,27 @@ fn gemm_batched<T: Float>(
         // storage when built); each (batch, block) writes, then adds the bias to, a disjoint
         // part of `out`.
         unsafe {
-            T::gemm(
-                r1 - r0,
-                k,
-                c1 - c0,
-                alpha,
-                a.as_ptr().add(a_off[i] + r0 * rsa as usize),
-                rsa,
-                csa,
-                b.as_ptr().add(b_off[i] + c0 * csb as usize),
-                rsb,
-                csb,
-                T::zero(),
-                c.0.add(c_off),
-                n as isize,
-                1,
-            );
+            // Chunks of at most K_CHUNK along k, accumulated in order: see K_CHUNK.
+            for k0 in (0..k).step_by(K_CHUNK) {
+                T::gemm(
+                    r1 - r0,
+                    (k - k0).min(K_CHUNK),
+                    c1 - c0,
+                    alpha,
+                    a.as_ptr()
+                        .add(a_off[i] + r0 * rsa as usize + k0 * csa as usize),
+                    rsa,
+                    csa,
+                    b.as_ptr()
+                        .add(b_off[i] + c0 * csb as usize + k0 * rsb as usize),
+                    rsb,
+                    csb,
+                    if k0 == 0 { T::zero() } else { T::one() },
+                    c.0.add(c_off),
+                    n as isize,
+                    1,
+                );
+            }
             // The bias, added to the block while it is still in cache.
             if let Some(bias) = bias {
                 for row in 0..r1 - r0 {
@@ -199,14 +211,20 @@ fn gemm_batched<T: Float>(
         // side of the result. Each block packs all of the other operand, so splitting the
         // longer side, into as few blocks as there are threads, packs the least (two blocks
         // per thread made the lm step about 5% slower at 2 threads).
-        let blocks = threads;
         let (len, whole) = if m >= n { (m, (0, n)) } else { (n, (0, m)) };
-        let step = len.div_ceil(blocks).next_multiple_of(8).max(8);
-        let tasks: Vec<(usize, usize)> = (0..n_batch)
-            .flat_map(|i| (0..len).step_by(step).map(move |s0| (i, s0)))
+        let step = len.div_ceil(threads).next_multiple_of(8).max(8);
+        // Block starts; a last block shorter than 8 joins the one before it, so no block
+        // of a longer product has a single row or column (`gemm` gives those a separate
+        // kernel, which rounds differently).
+        let mut starts: Vec<usize> = (0..len).step_by(step).collect();
+        if starts.len() > 1 && len - starts[starts.len() - 1] < 8 {
+            starts.pop();
+        }
+        let ends: Vec<usize> = starts[1..].iter().copied().chain([len]).collect();
+        let tasks: Vec<(usize, (usize, usize))> = (0..n_batch)
+            .flat_map(|i| starts.iter().zip(&ends).map(move |(&s0, &e)| (i, (s0, e))))
             .collect();
-        tasks.into_par_iter().for_each(|(i, s0)| {
-            let part = (s0, (s0 + step).min(len));
+        tasks.into_par_iter().for_each(|(i, part)| {
             if m >= n {
                 run(i, part, whole)
             } else {
@@ -217,4 +235,43 @@ fn gemm_batched<T: Float>(
     // SAFETY: the capacity is `len`, and every element was written by `run` above.
     unsafe { out.set_len(len) };
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cpu::on_threads;
+    use crate::{DType, Tensor};
+    use rand::SeedableRng;
+
+    /// Products split into one block per thread, with `k` above one `gemm` pass and blocks
+    /// in both of `gemm`'s size classes: bit-identical on 1, 2, 3 and 5 threads (`linear`
+    /// too, which adds a bias per block).
+    #[test]
+    fn products_do_not_depend_on_the_thread_count() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for (m, k, n) in [
+            (100, 700, 64),
+            (17, 2000, 16),
+            (256, 700, 64),
+            (65, 3000, 8),
+            (9, 1500, 120),
+        ] {
+            let a = Tensor::randn(&[m, k], 0.0, 1.0, DType::F32, &mut rng);
+            let b = Tensor::randn(&[k, n], 0.0, 1.0, DType::F32, &mut rng);
+            let bias = Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut rng);
+            let run = || {
+                let p = a.matmul(&b).unwrap().to_vec::<f32>().unwrap();
+                let wt = b.t().unwrap();
+                let l = a.linear(&wt, Some(&bias)).unwrap().to_vec::<f32>().unwrap();
+                (p, l)
+            };
+            let one = on_threads(1, run);
+            for threads in [2, 3, 5] {
+                assert!(
+                    one == on_threads(threads, run),
+                    "{m}x{k}x{n} on {threads} threads"
+                );
+            }
+        }
+    }
 }
