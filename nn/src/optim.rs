@@ -335,32 +335,41 @@ impl Rule for AdamWConfig {
     }
 }
 
-impl Optimizer for AdamW {
-    fn step(&mut self) -> Result<()> {
-        self.groups.update(self.config.lr, &self.config)
-    }
+/// `Optimizer` for an optimizer type with fields `groups: Groups` and `config` (a [`Rule`]
+/// whose `lr` field is the base learning rate), naming its two per-parameter buffers in
+/// `state_dict`: every optimizer here differs only in its rule and buffer names.
+macro_rules! impl_optimizer {
+    ($ty:ty, $a:literal, $b:literal) => {
+        impl Optimizer for $ty {
+            fn step(&mut self) -> Result<()> {
+                self.groups.update(self.config.lr, &self.config)
+            }
 
-    fn zero_grad(&self) {
-        self.groups.zero_grad();
-    }
+            fn zero_grad(&self) {
+                self.groups.zero_grad();
+            }
 
-    fn lr(&self) -> f64 {
-        self.config.lr
-    }
+            fn lr(&self) -> f64 {
+                self.config.lr
+            }
 
-    fn set_lr(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
+            fn set_lr(&mut self, lr: f64) {
+                self.config.lr = lr;
+            }
 
-    fn state_dict(&self) -> Result<BTreeMap<String, Tensor>> {
-        slots_state(&self.groups.slots, "exp_avg", "exp_avg_sq")
-    }
+            fn state_dict(&self) -> Result<BTreeMap<String, Tensor>> {
+                slots_state(&self.groups.slots, $a, $b)
+            }
 
-    fn load_state_dict(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
-        self.groups.slots = load_slots(&self.groups.params(), state, "exp_avg", "exp_avg_sq")?;
-        Ok(())
-    }
+            fn load_state_dict(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
+                self.groups.slots = load_slots(&self.groups.params(), state, $a, $b)?;
+                Ok(())
+            }
+        }
+    };
 }
+
+impl_optimizer!(AdamW, "exp_avg", "exp_avg_sq");
 
 /// Hyper-parameters of [`Sgd`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -442,32 +451,7 @@ impl Rule for SgdConfig {
     }
 }
 
-impl Optimizer for Sgd {
-    fn step(&mut self) -> Result<()> {
-        self.groups.update(self.config.lr, &self.config)
-    }
-
-    fn zero_grad(&self) {
-        self.groups.zero_grad();
-    }
-
-    fn lr(&self) -> f64 {
-        self.config.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-
-    fn state_dict(&self) -> Result<BTreeMap<String, Tensor>> {
-        slots_state(&self.groups.slots, "momentum_buffer", "unused")
-    }
-
-    fn load_state_dict(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
-        self.groups.slots = load_slots(&self.groups.params(), state, "momentum_buffer", "unused")?;
-        Ok(())
-    }
-}
+impl_optimizer!(Sgd, "momentum_buffer", "unused");
 
 /// The global L2 norm of all gradients, `√(Σ_p ‖∂L/∂p‖²)` (parameters without a gradient
 /// count as zero), accumulated in `f64`: each gradient's sum of squares in parallel, then
