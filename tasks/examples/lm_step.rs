@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
-use tasks::lm::{RunConfig, Variant};
+use tasks::lm::{ModelSize, RunConfig, Variant};
 
 #[derive(Debug, Parser)]
 #[command(about = "Time lm training steps on random batches; prints one JSON line")]
@@ -31,16 +31,8 @@ struct Args {
     /// Worker threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 128)]
-    seq_len: usize,
-    #[arg(long, default_value_t = 256)]
-    d_model: usize,
-    #[arg(long, default_value_t = 4)]
-    n_layers: usize,
-    #[arg(long, default_value_t = 4)]
-    n_heads: usize,
+    #[command(flatten)]
+    size: ModelSize,
     /// Vocabulary size (80: the Shakespeare corpus of scripts/fetch-shakespeare.sh).
     #[arg(long, default_value_t = 80)]
     vocab: usize,
@@ -61,10 +53,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     if [
         a.steps,
-        a.batch_size,
-        a.seq_len,
-        a.d_model,
-        a.n_heads,
+        a.size.batch_size,
+        a.size.seq_len,
+        a.size.d_model,
+        a.size.n_heads,
         a.vocab,
     ]
     .contains(&0)
@@ -76,15 +68,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .num_threads(n)
             .build_global()?;
     }
-    let cfg = RunConfig {
-        batch_size: a.batch_size,
-        seq_len: a.seq_len,
-        d_model: a.d_model,
-        n_layers: a.n_layers,
-        n_heads: a.n_heads,
+    let cfg = a.size.apply(RunConfig {
         seed: a.seed,
         ..RunConfig::defaults(a.variant, PathBuf::new())
-    };
+    });
     let model = Gpt::new(
         cfg.gpt_config(a.vocab),
         DType::F32,
@@ -96,14 +83,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut data_rng = ChaCha8Rng::seed_from_u64(a.seed + 1);
     let mut dropout_rng = ChaCha8Rng::seed_from_u64(a.seed + 2);
-    let n = a.batch_size * a.seq_len;
+    let n = a.size.batch_size * a.size.seq_len;
     let mut times = Vec::with_capacity(a.steps);
     let mut losses = Vec::with_capacity(a.warmup_steps + a.steps);
     for step in 0..a.warmup_steps + a.steps {
         let ids: Vec<usize> = (0..n).map(|_| data_rng.gen_range(0..a.vocab)).collect();
         let targets: Vec<usize> = (0..n).map(|_| data_rng.gen_range(0..a.vocab)).collect();
         let t0 = Instant::now();
-        let loss = model.loss(&ids, &targets, a.batch_size, a.seq_len, &mut dropout_rng)?;
+        let loss = model.loss(
+            &ids,
+            &targets,
+            a.size.batch_size,
+            a.size.seq_len,
+            &mut dropout_rng,
+        )?;
         losses.push(loss.item()?);
         loss.backward()?;
         clip_grad_norm(&params, 1.0)?;
@@ -133,11 +126,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "threads": rayon::current_num_threads(),
             "steps": a.steps,
             "warmup_steps": a.warmup_steps,
-            "batch_size": a.batch_size,
-            "seq_len": a.seq_len,
-            "d_model": a.d_model,
-            "n_layers": a.n_layers,
-            "n_heads": a.n_heads,
+            "batch_size": a.size.batch_size,
+            "seq_len": a.size.seq_len,
+            "d_model": a.size.d_model,
+            "n_layers": a.size.n_layers,
+            "n_heads": a.size.n_heads,
             "vocab": a.vocab,
             "parameters": model.num_parameters(),
             "median_ms": median * 1e3,

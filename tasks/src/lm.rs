@@ -26,6 +26,41 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 /// File name of the metrics log inside the output directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
+/// The batch and model size flags shared by the `lm` binary and the `lm_step` example
+/// (`#[command(flatten)]`); the defaults are the default model's.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ModelSize {
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Characters per sequence (the model's context length).
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Width of the residual stream.
+    #[arg(long, default_value_t = 256)]
+    pub d_model: usize,
+    /// Number of transformer blocks.
+    #[arg(long, default_value_t = 4)]
+    pub n_layers: usize,
+    /// Attention heads per block (must divide --d-model).
+    #[arg(long, default_value_t = 4)]
+    pub n_heads: usize,
+}
+
+impl ModelSize {
+    /// `cfg` with these sizes.
+    pub fn apply(self, cfg: RunConfig) -> RunConfig {
+        RunConfig {
+            batch_size: self.batch_size,
+            seq_len: self.seq_len,
+            d_model: self.d_model,
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            ..cfg
+        }
+    }
+}
+
 /// Which normalization and linear layers the model uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

@@ -4,7 +4,7 @@
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
-use tasks::lm::{run, RunConfig, RunOptions, Variant, DEFAULT_DATA};
+use tasks::lm::{run, ModelSize, RunConfig, RunOptions, Variant, DEFAULT_DATA};
 
 /// Train a character-level transformer LM (Shakespeare by default) and watch its attention
 /// entropy. Writes metrics.jsonl, checkpoint.safetensors, loss/entropy/σ-γ plots (SVG) and
@@ -39,21 +39,8 @@ struct Args {
     /// Training steps.
     #[arg(long, default_value_t = 1500)]
     steps: usize,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
-    /// Characters per sequence (the model's context length).
-    #[arg(long, default_value_t = 128)]
-    seq_len: usize,
-    /// Width of the residual stream.
-    #[arg(long, default_value_t = 256)]
-    d_model: usize,
-    /// Number of transformer blocks.
-    #[arg(long, default_value_t = 4)]
-    n_layers: usize,
-    /// Attention heads per block (must divide --d-model).
-    #[arg(long, default_value_t = 4)]
-    n_heads: usize,
+    #[command(flatten)]
+    size: ModelSize,
     /// Dropout probability (embeddings, attention, residual branches).
     #[arg(long, default_value_t = 0.0)]
     dropout: f64,
@@ -163,35 +150,27 @@ fn main() {
             fail(format!("cannot start {n} threads: {e}"));
         }
     }
-    let (lr, warmup, gamma_lr_scale) = args.variant.recipe();
-    let cfg = RunConfig {
-        variant: args.variant,
-        lr: args.lr.unwrap_or(lr),
-        min_lr_ratio: 0.1,
-        warmup: args.warmup.unwrap_or(warmup),
-        gamma_lr_scale: args.gamma_lr_scale.unwrap_or(gamma_lr_scale),
+    let base = RunConfig::defaults(args.variant, args.data);
+    let cfg = args.size.apply(RunConfig {
+        lr: args.lr.unwrap_or(base.lr),
+        warmup: args.warmup.unwrap_or(base.warmup),
+        gamma_lr_scale: args.gamma_lr_scale.unwrap_or(base.gamma_lr_scale),
         gamma_one: args.gamma_one,
         weight_decay: args.weight_decay,
         grad_clip: args.grad_clip,
         steps: args.steps,
-        batch_size: args.batch_size,
-        seq_len: args.seq_len,
-        d_model: args.d_model,
-        n_layers: args.n_layers,
-        n_heads: args.n_heads,
         dropout: args.dropout,
         emb_std: args.emb_std,
         residual_scale: args.residual_scale,
         seed: args.seed,
-        data: args.data,
-        val_fraction: 0.1,
         log_every: args.log_every,
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
         checkpoint_every: args.checkpoint_every,
         sample_chars: args.sample_chars,
         temperature: args.temperature,
-    };
+        ..base
+    });
     let variant_name = clap::ValueEnum::to_possible_value(&args.variant)
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
