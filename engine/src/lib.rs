@@ -21,6 +21,7 @@ mod storage;
 mod tensor;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
+pub use cpu::dot_f64;
 pub use device::Device;
 pub use dtype::{DType, Float};
 pub use error::{Error, Result};

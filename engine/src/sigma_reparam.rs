@@ -31,7 +31,7 @@
 //! ∂L/∂b = Σ_rows ∂L/∂y
 //! ```
 
-use crate::cpu::fill_rows;
+use crate::cpu::{dot_f64, fill_rows};
 use crate::dtype::with_dtype;
 use crate::ops::{check_linear, weight_dims, LinearShape};
 use crate::{no_grad, DType, Error, Float, Result, Tensor};
@@ -173,7 +173,7 @@ impl PowerIterState {
 /// (an all-zero weight) a copy of `prev` instead, so that the state never collapses to zero
 /// and recovers once the weight becomes non-zero.
 fn normalize_or_keep(z: &[f64], prev: &Tensor) -> Result<(Tensor, f64)> {
-    let norm = dot(z, z).sqrt();
+    let norm = dot_f64(z, z).sqrt();
     if norm == 0.0 {
         return Ok((prev.copy()?, 0.0));
     }
@@ -201,7 +201,7 @@ fn weight_times(w: &Tensor, z: &[f64], transpose: bool) -> Result<Vec<f64>> {
         } else if inp == 0 {
             vec![0.0; out]
         } else {
-            rows.map(|row| dot(row, z)).collect()
+            rows.map(|row| dot_f64(row, z)).collect()
         }
     }))
 }
@@ -218,7 +218,7 @@ fn power_step(w: &Tensor, u: &Tensor, v: &Tensor) -> Result<Step> {
 
 /// `vᵀ W u` for the stored vectors.
 fn bilinear(w: &Tensor, u: &Tensor, v: &Tensor) -> Result<f64> {
-    Ok(dot(
+    Ok(dot_f64(
         &weight_times(w, &u.to_vec_f64()?, false)?,
         &v.to_vec_f64()?,
     ))
@@ -232,21 +232,6 @@ fn distance(a: &Tensor, b: &Tensor) -> Result<f64> {
         .map(|(x, y)| (x - y) * (x - y))
         .sum::<f64>()
         .sqrt())
-}
-
-/// `Σ aᵢ·bᵢ` accumulated in `f64` over 8 lanes (vectorizable, fixed order).
-fn dot<A: Float, B: Float>(a: &[A], b: &[B]) -> f64 {
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let mut acc = [0.0f64; 8];
-    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-        acc[l] = x.to_f64_lossless() * y.to_f64_lossless();
-    }
-    for (p, q) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += p[l].to_f64_lossless() * q[l].to_f64_lossless();
-        }
-    }
-    acc.iter().sum()
 }
 
 /// Frobenius inner product `⟨a, b⟩` of two dense tensors of equal shape, in `f64` over
@@ -265,7 +250,7 @@ fn frobenius<T: Float>(a: &Tensor, b: &Tensor) -> Result<f64> {
             let parts: Vec<f64> = x
                 .par_chunks(CHUNK)
                 .zip(y.par_chunks(CHUNK))
-                .map(|(p, q)| dot(p, q))
+                .map(|(p, q)| dot_f64(p, q))
                 .collect();
             Ok(parts.into_iter().sum())
         })

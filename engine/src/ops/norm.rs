@@ -2,18 +2,18 @@
 //! Normalization", arXiv:1607.06450; PyTorch `nn.functional.layer_norm`), one fused op
 //! with an analytic backward for the input, the weight and the bias.
 
-use crate::cpu::{dense, fill_rows, map_rows, sequential, zeros};
+use crate::cpu::{dense, fill_rows, lane_dot, lane_sum, map_rows, sequential, zeros};
 use crate::dtype::with_dtype;
 use crate::{Error, Float, Result, Tensor};
 use rayon::prelude::*;
 
 /// Mean and `1/√(var + eps)` of one row. The variance takes two passes (mean first, then
 /// `Σ(x − mean)²`), which avoids the cancellation of `E[x²] − E[x]²`; it is biased
-/// (divided by the row length), as in PyTorch.
+/// (divided by the row length), as in PyTorch. Both sums run in lanes ([`lane_sum`]).
 fn row_stats<T: Float>(row: &[T], eps: T) -> (T, T) {
     let n = T::from_f64_lossy(row.len() as f64);
-    let mean = row.iter().copied().sum::<T>() / n;
-    let var = row.iter().map(|&x| (x - mean) * (x - mean)).sum::<T>() / n;
+    let mean = lane_sum(row, |x| x) / n;
+    let var = lane_sum(row, |x| (x - mean) * (x - mean)) / n;
     (mean, T::one() / (var + eps).sqrt())
 }
 
@@ -36,9 +36,15 @@ fn forward<T: Float>(x: &[T], stats: &[T], w: Option<&[T]>, b: Option<&[T]>, d: 
     let mut y = zeros(x.len());
     fill_rows(&mut y, d, |r, o| {
         let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-        for (j, (v, &xj)) in o.iter_mut().zip(&x[r * d..(r + 1) * d]).enumerate() {
-            let xhat = (xj - mean) * rstd;
-            *v = xhat * w.map_or(T::one(), |w| w[j]) + b.map_or(T::zero(), |b| b[j]);
+        for (v, &xj) in o.iter_mut().zip(&x[r * d..(r + 1) * d]) {
+            *v = (xj - mean) * rstd;
+        }
+        // Separate slice loops, not per-element `Option` lookups, so that each vectorizes.
+        if let Some(w) = w {
+            o.iter_mut().zip(w).for_each(|(v, &wj)| *v *= wj);
+        }
+        if let Some(b) = b {
+            o.iter_mut().zip(b).for_each(|(v, &bj)| *v += bj);
         }
     });
     y
@@ -65,10 +71,12 @@ impl<T: Float> Backward<T> {
         let mut dx = zeros(x.len());
         let mut partials = vec![T::zero(); n_blocks * 2 * d];
         let one_block = |(i, (dxb, pb)): (usize, (&mut [T], &mut [T]))| {
+            let mut scratch = vec![T::zero(); 2 * d];
             for (k, dxr) in dxb.chunks_mut(d).enumerate() {
                 let r = i * PARAM_BLOCK_ROWS + k;
                 let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
-                backward_row(xr, gr, (stats[2 * r], stats[2 * r + 1]), w, dxr, pb);
+                let stats = (stats[2 * r], stats[2 * r + 1]);
+                backward_row(xr, gr, stats, w, dxr, pb, &mut scratch);
             }
         };
         if sequential(x.len()) {
@@ -98,7 +106,8 @@ impl<T: Float> Backward<T> {
 
 /// One row of the backward. Input gradient, with `ĝ = g ⊙ w` (or `g` without weight):
 /// `dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))`; `g ⊙ x̂` and `g` are added into the
-/// block's partial column sums `acc` (`2·d` values).
+/// block's partial column sums `acc` (`2·d` values). `scratch` (`2·d` values) holds `x̂`
+/// and `ĝ`, so that every loop below is a plain slice loop and the two means are lane sums.
 fn backward_row<T: Float>(
     xr: &[T],
     gr: &[T],
@@ -106,22 +115,33 @@ fn backward_row<T: Float>(
     w: Option<&[T]>,
     dxr: &mut [T],
     acc: &mut [T],
+    scratch: &mut [T],
 ) {
     let d = xr.len();
     let n = T::from_f64_lossy(d as f64);
-    let gh = |j: usize| w.map_or(gr[j], |w| gr[j] * w[j]);
-    let (acc_w, acc_b) = acc.split_at_mut(d);
-    let (mut s, mut sx) = (T::zero(), T::zero());
-    for (j, &xj) in xr.iter().enumerate() {
-        let xhat = (xj - mean) * rstd;
-        s += gh(j);
-        sx += gh(j) * xhat;
-        acc_w[j] += gr[j] * xhat;
-        acc_b[j] += gr[j];
+    let (xhat, gh) = scratch.split_at_mut(d);
+    for (h, &xj) in xhat.iter_mut().zip(xr) {
+        *h = (xj - mean) * rstd;
     }
-    let (s, sx) = (s / n, sx / n);
-    for (j, (oj, &xj)) in dxr.iter_mut().zip(xr).enumerate() {
-        *oj = rstd * (gh(j) - s - (xj - mean) * rstd * sx);
+    match w {
+        Some(w) => {
+            for ((o, &gj), &wj) in gh.iter_mut().zip(gr).zip(w) {
+                *o = gj * wj;
+            }
+        }
+        None => gh.copy_from_slice(gr),
+    }
+    let (acc_w, acc_b) = acc.split_at_mut(d);
+    for ((a, &gj), &h) in acc_w.iter_mut().zip(gr).zip(&*xhat) {
+        *a += gj * h;
+    }
+    for (a, &gj) in acc_b.iter_mut().zip(gr) {
+        *a += gj;
+    }
+    let s = lane_sum(gh, |v| v) / n;
+    let sx = lane_dot(gh, xhat) / n;
+    for ((o, &ghj), &h) in dxr.iter_mut().zip(&*gh).zip(&*xhat) {
+        *o = rstd * (ghj - s - h * sx);
     }
 }
 

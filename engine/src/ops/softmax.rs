@@ -1,7 +1,7 @@
 //! Numerically stable softmax and log-softmax along one dimension, each with a fused
 //! single-kernel backward.
 
-use crate::cpu::{fill_rows, zeros};
+use crate::cpu::{fill_rows, lane_dot, lane_sum, zeros, LANES};
 use crate::dtype::with_dtype;
 use crate::{Float, Result, Tensor};
 
@@ -10,10 +10,6 @@ enum Kind {
     Softmax,
     LogSoftmax,
 }
-
-/// Lanes of the partial maxima and sums below: independent accumulators let the loops
-/// vectorize, and the fixed lane count keeps results independent of the machine.
-const LANES: usize = 8;
 
 /// Maximum of a row (NaN entries are skipped here; they still reach the output through
 /// the exponentials).
@@ -32,20 +28,6 @@ fn row_max<T: Float>(row: &[T]) -> T {
     acc.iter().fold(m, |a, &b| if b > a { b } else { a })
 }
 
-/// Sum of a row in `LANES` interleaved partial sums.
-fn row_sum<T: Float>(row: &[T]) -> T {
-    let mut acc = [T::zero(); LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &b) in acc.iter_mut().zip(c) {
-            *a += b;
-        }
-    }
-    let t = tail.iter().fold(T::zero(), |a, &b| a + b);
-    acc.iter().fold(T::zero(), |a, &b| a + b) + t
-}
-
 /// `row ← e^{row − m}` with `m` the row maximum (detached; 0 for a row without a finite
 /// entry, where `-inf − -inf` would give NaN); returns `(m, Σ e^{row − m})`.
 fn exp_shifted_in_place<T: Float>(row: &mut [T]) -> (T, T) {
@@ -55,7 +37,7 @@ fn exp_shifted_in_place<T: Float>(row: &mut [T]) -> (T, T) {
     for v in row.iter_mut() {
         *v = (*v - m).fast_exp();
     }
-    (m, row_sum(row))
+    (m, lane_sum(row, |v| v))
 }
 
 /// Softmax of one dense row, in place.
@@ -68,7 +50,7 @@ pub(crate) fn softmax_in_place<T: Float>(row: &mut [T]) {
 /// Softmax backward of one dense row, in place: `g ← y ⊙ (g − Σ g⊙y)` for the forward
 /// output `y`.
 pub(crate) fn softmax_grad_in_place<T: Float>(y: &[T], g: &mut [T]) {
-    let dot: T = y.iter().zip(g.iter()).map(|(&a, &b)| a * b).sum();
+    let dot = lane_dot(y, g);
     for (gi, &yi) in g.iter_mut().zip(y) {
         *gi = yi * (*gi - dot);
     }
@@ -109,7 +91,7 @@ fn backward_rows<T: Float>(y: &[T], g: &[T], n: usize, kind: Kind) -> Vec<T> {
                 softmax_grad_in_place(yr, o);
             }
             Kind::LogSoftmax => {
-                let sg: T = row_sum(gr);
+                let sg = lane_sum(gr, |v| v);
                 for ((oi, &yi), &gi) in o.iter_mut().zip(yr).zip(gr) {
                     *oi = gi - yi.fast_exp() * sg;
                 }
