@@ -878,6 +878,48 @@ fn large_layer_matches_reference_across_threads() {
 }
 
 #[test]
+fn power_step_on_a_large_weight_matches_reference_across_threads() {
+    // [200, 300]: past the parallel threshold, so W·u is split by rows and Wᵀ·v is summed
+    // over four row blocks. One training step must match plain f64 loops and give the same
+    // bits on 1 and 3 threads.
+    let (out, inp) = (200, 300);
+    let mut r = rng(41);
+    let wv = vals(&Tensor::randn(&[out, inp], 0.0, 0.1, DType::F64, &mut r));
+    let u0 = vals(&Tensor::randn(&[inp], 0.0, 1.0, DType::F64, &mut r));
+    let v0 = vals(&Tensor::randn(&[out], 0.0, 1.0, DType::F64, &mut r));
+    let norm = |z: &[f64]| z.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let wu: Vec<f64> = (0..out)
+        .map(|i| (0..inp).map(|j| wv[i * inp + j] * u0[j]).sum())
+        .collect();
+    let want_v: Vec<f64> = wu.iter().map(|a| a / norm(&wu)).collect();
+    let wtv: Vec<f64> = (0..inp)
+        .map(|j| (0..out).map(|i| wv[i * inp + j] * want_v[i]).sum())
+        .collect();
+    let want_u: Vec<f64> = wtv.iter().map(|a| a / norm(&wtv)).collect();
+    let x = t(&vec![1.0; 2 * inp], &[2, inp]);
+    let runs: Vec<Vec<u64>> = [1, 3]
+        .into_iter()
+        .map(|threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let w = leaf(&wv, &[out, inp]);
+                let state = PowerIterState::init(&w, 1e-12, 1).unwrap();
+                set_vectors(&state, &u0, &v0);
+                sigma_reparam_linear(&x, &w, &t(&[1.0], &[1]), None, &state, true).unwrap();
+                assert_close(&vals(state.u()), &want_u, 1e-12);
+                assert_close(&vals(state.v()), &want_v, 1e-12);
+                assert_close(&vals(state.sigma()), &[norm(&wtv)], 1e-12);
+                snapshot(&state)
+            })
+        })
+        .collect();
+    assert_eq!(runs[0], runs[1]);
+}
+
+#[test]
 fn train_mode_gradient_uses_the_stepped_vectors() {
     // W = diag(2, 1) from u₀ = [1,1]/√2 (BC-13): the node must differentiate σ₁ = v₁ᵀ W u₁
     // with the vectors of this step, not the ones it started from.

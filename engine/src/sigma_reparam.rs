@@ -31,7 +31,7 @@
 //! ∂L/∂b = Σ_rows ∂L/∂y
 //! ```
 
-use crate::cpu::{dot_f64, fill_rows};
+use crate::cpu::{dot_f64, fill_rows, map_rows};
 use crate::dtype::with_dtype;
 use crate::ops::{check_linear, weight_dims, LinearShape};
 use crate::{no_grad, DType, Error, Float, Result, Tensor};
@@ -182,27 +182,42 @@ fn normalize_or_keep(z: &[f64], prev: &Tensor) -> Result<(Tensor, f64)> {
     Ok((Tensor::from_f64s(&unit, prev.shape(), prev.dtype())?, norm))
 }
 
+/// Rows of `W` per partial sum of `Wᵀz` in [`weight_times`]. Fixed, so that the partial
+/// sums, and with them the result, do not depend on the thread count.
+const POWER_BLOCK_ROWS: usize = 64;
+
 /// `W z` for `z ∈ ℝ^{in}` or, with `transpose`, `Wᵀ z` for `z ∈ ℝ^{out}`, accumulated in `f64`
-/// in one pass over the weight's rows. (A matrix-vector product through the matmul kernel
-/// would first pack all of `W`, several times the cost of this pass.)
+/// in one pass over the weight's rows, in parallel: one dot product per row for `W z`;
+/// per block of [`POWER_BLOCK_ROWS`] rows a partial `Wᵀz`, added in block order. (A
+/// matrix-vector product through the matmul kernel would first pack all of `W`, several
+/// times the cost of this pass.)
 fn weight_times(w: &Tensor, z: &[f64], transpose: bool) -> Result<Vec<f64>> {
     let (out, inp) = weight_dims(OP, w)?;
     let w = w.contiguous()?;
     with_dtype!(w.dtype(), T => w.with_cpu::<T, _>(OP, |data, l| {
-        let rows = data[l.contiguous_range().expect("contiguous")].chunks_exact(inp.max(1));
-        if transpose {
+        let w = &data[l.contiguous_range().expect("contiguous")];
+        if !transpose {
+            return map_rows(out, inp, |r| dot_f64(&w[r * inp..(r + 1) * inp], z));
+        }
+        let block = |b: usize| {
+            let rows = b * POWER_BLOCK_ROWS..((b + 1) * POWER_BLOCK_ROWS).min(out);
             let mut acc = vec![0.0; inp];
-            for (row, &zi) in rows.zip(z) {
+            for (row, &zi) in w[rows.start * inp..rows.end * inp]
+                .chunks_exact(inp.max(1))
+                .zip(&z[rows])
+            {
                 for (a, &wij) in acc.iter_mut().zip(row) {
                     *a += zi * wij.to_f64_lossless();
                 }
             }
             acc
-        } else if inp == 0 {
-            vec![0.0; out]
-        } else {
-            rows.map(|row| dot_f64(row, z)).collect()
+        };
+        let parts = map_rows(out.div_ceil(POWER_BLOCK_ROWS), POWER_BLOCK_ROWS * inp, block);
+        let mut total = vec![0.0; inp];
+        for p in parts {
+            total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
         }
+        total
     }))
 }
 
