@@ -203,11 +203,11 @@ pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
 ///
 /// This is the hottest elementwise loop of training (GELU's value and derivative), so it
 /// also has copies compiled for AVX-512F and for AVX2, the widest chosen at run time, which
-/// halve its time or better on such CPUs while the binary still targets baseline x86-64. The
-/// results are bit-identical: only the vector width changes (Rust never contracts `a·b + c`
-/// into a fused multiply-add, nor reassociates floating-point operations). The outputs are parameters of the
-/// `#[target_feature]` function, not captures, so their no-alias guarantee survives and the
-/// inlined loop vectorizes.
+/// halve its time or better on such CPUs while the binary still targets baseline x86-64.
+/// The results are bit-identical: only the vector width changes (Rust never contracts
+/// `a·b + c` into a fused multiply-add, nor reassociates floating-point operations). The
+/// outputs are parameters of the `#[target_feature]` functions, not captures, so their
+/// no-alias guarantee survives and the inlined loop vectorizes.
 pub(crate) fn map_pair<T: Float>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> (Vec<T>, Vec<T>) {
     let n = x.len();
     let (mut p, mut q) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -324,7 +324,8 @@ pub(crate) fn lane_dot<T: Float>(a: &[T], b: &[T]) -> T {
 /// result is the same on every thread count and machine). Used for norms of gradients and
 /// the σReparam power iteration; `dot_f64(x, x)` is `‖x‖²`.
 pub fn dot_f64<A: Float, B: Float>(a: &[A], b: &[B]) -> f64 {
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let n = a.len().min(b.len());
+    let (ca, cb) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
     let mut acc = [0.0f64; 8];
     for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
         acc[l] = x.to_f64_lossless() * y.to_f64_lossless();
@@ -373,6 +374,9 @@ mod tests {
         assert_eq!(lane_sum(&y, |v| v * v), 2470.0);
         assert_eq!(lane_dot(&y, &y), 2470.0);
         assert_eq!(dot_f64(&x, &ones), 16.0);
+        // Slices of different lengths: the common prefix only, element by element.
+        assert_eq!(dot_f64(&y[..10], &y), 385.0);
+        assert_eq!(dot_f64(&y, &y[..10]), 385.0);
     }
 
     /// `map_pair` runs a copy compiled for the widest vectors the CPU has; its results must
