@@ -215,51 +215,18 @@ pub(crate) fn map_pair<T: Float>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> (Ve
         &mut p.spare_capacity_mut()[..n],
         &mut q.spare_capacity_mut()[..n],
     );
-    #[inline(always)]
-    fn kernel<T: Float>(
-        x: &[T],
-        sp: &mut [MaybeUninit<T>],
-        sq: &mut [MaybeUninit<T>],
-        f: &impl Fn(T) -> (T, T),
-    ) {
-        for ((&v, op), oq) in x.iter().zip(sp).zip(sq) {
-            let (a, b) = f(v);
-            op.write(a);
-            oq.write(b);
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn kernel_avx2<T: Float>(
-        x: &[T],
-        sp: &mut [MaybeUninit<T>],
-        sq: &mut [MaybeUninit<T>],
-        f: &impl Fn(T) -> (T, T),
-    ) {
-        kernel(x, sp, sq, f)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn kernel_avx512<T: Float>(
-        x: &[T],
-        sp: &mut [MaybeUninit<T>],
-        sq: &mut [MaybeUninit<T>],
-        f: &impl Fn(T) -> (T, T),
-    ) {
-        kernel(x, sp, sq, f)
-    }
     let run = |x: &[T], sp: &mut [MaybeUninit<T>], sq: &mut [MaybeUninit<T>]| {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { kernel_avx512(x, sp, sq, &f) };
+            return unsafe { pair_kernel_avx512(x, sp, sq, &f) };
         }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { kernel_avx2(x, sp, sq, &f) };
+            return unsafe { pair_kernel_avx2(x, sp, sq, &f) };
         }
-        kernel(x, sp, sq, &f)
+        pair_kernel(x, sp, sq, &f)
     };
     if sequential(n) {
         run(x, sp, sq);
@@ -275,6 +242,51 @@ pub(crate) fn map_pair<T: Float>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> (Ve
         q.set_len(n);
     }
     (p, q)
+}
+
+/// The loop of [`map_pair`] over one chunk, written for the compiler to vectorize.
+#[inline(always)]
+fn pair_kernel<T: Float>(
+    x: &[T],
+    sp: &mut [MaybeUninit<T>],
+    sq: &mut [MaybeUninit<T>],
+    f: &impl Fn(T) -> (T, T),
+) {
+    for ((&v, op), oq) in x.iter().zip(sp).zip(sq) {
+        let (a, b) = f(v);
+        op.write(a);
+        oq.write(b);
+    }
+}
+
+/// [`pair_kernel`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pair_kernel_avx2<T: Float>(
+    x: &[T],
+    sp: &mut [MaybeUninit<T>],
+    sq: &mut [MaybeUninit<T>],
+    f: &impl Fn(T) -> (T, T),
+) {
+    pair_kernel(x, sp, sq, f)
+}
+
+/// [`pair_kernel`] compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pair_kernel_avx512<T: Float>(
+    x: &[T],
+    sp: &mut [MaybeUninit<T>],
+    sq: &mut [MaybeUninit<T>],
+    f: &impl Fn(T) -> (T, T),
+) {
+    pair_kernel(x, sp, sq, f)
 }
 
 /// Lanes of the partial sums of [`lane_sum`] and [`lane_dot`] (and of softmax's row
@@ -300,12 +312,12 @@ pub(crate) fn lane_sum<T: Float>(x: &[T], f: impl Fn(T) -> T) -> T {
     acc.iter().fold(T::zero(), |a, &b| a + b) + t
 }
 
-/// `Σ a[i]·b[i]` over slices of equal length, in the order of [`lane_sum`].
+/// `Σ a[i]·b[i]` over the common length of two slices, in the order of [`lane_sum`].
 #[inline(always)]
 pub(crate) fn lane_dot<T: Float>(a: &[T], b: &[T]) -> T {
-    debug_assert_eq!(a.len(), b.len());
+    let n = a.len().min(b.len());
     let mut acc = [T::zero(); LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ca, cb) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
     let t = ca
         .remainder()
         .iter()
@@ -319,19 +331,20 @@ pub(crate) fn lane_dot<T: Float>(a: &[T], b: &[T]) -> T {
     acc.iter().fold(T::zero(), |s, &v| s + v) + t
 }
 
-/// `Σ a[i]·b[i]` over the common length of two slices, accumulated in `f64` whatever their
-/// element types, in 8 lanes (vectorizable; the order depends only on the length, so the
-/// result is the same on every thread count and machine). Used for norms of gradients and
-/// the σReparam power iteration; `dot_f64(x, x)` is `‖x‖²`.
+/// `Σ a[i]·b[i]` over the common length of two slices (a longer slice's extra elements are
+/// ignored), accumulated in `f64` whatever their element types, in 8 lanes seeded with the
+/// tail (vectorizable; the order depends only on the length, so the result is the same on
+/// every thread count and machine). Used for norms of gradients and the σReparam power
+/// iteration; `dot_f64(x, x)` is `‖x‖²`.
 pub fn dot_f64<A: Float, B: Float>(a: &[A], b: &[B]) -> f64 {
     let n = a.len().min(b.len());
-    let (ca, cb) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
-    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
+    let mut acc = [0.0f64; LANES];
     for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
         acc[l] = x.to_f64_lossless() * y.to_f64_lossless();
     }
     for (p, q) in ca.zip(cb) {
-        for l in 0..8 {
+        for l in 0..LANES {
             acc[l] += p[l].to_f64_lossless() * q[l].to_f64_lossless();
         }
     }
@@ -379,16 +392,50 @@ mod tests {
         assert_eq!(dot_f64(&y, &y[..10]), 385.0);
     }
 
-    /// `map_pair` runs a copy compiled for the widest vectors the CPU has; its results must
-    /// be those of the plain scalar loop, bit for bit, at every length (tails included).
+    /// Every copy of the `map_pair` loop this CPU can run (baseline, AVX2, AVX-512F), and
+    /// `map_pair` itself, must give the plain scalar loop's results bit for bit, at every
+    /// length (tails included).
     #[test]
-    fn map_pair_matches_the_scalar_loop_bit_for_bit() {
+    fn map_pair_copies_match_the_scalar_loop_bit_for_bit() {
+        type Copy<'a> = Box<dyn Fn(&[f32], &mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]) + 'a>;
         let f = |v: f32| ((v * 0.5).fast_exp(), 1.0 / (1.0 + v * v) - v / 3.0);
+        let mut copies: Vec<(&str, Copy)> =
+            vec![("baseline", Box::new(|x, p, q| pair_kernel(x, p, q, &f)))];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            copies.push((
+                "avx2",
+                Box::new(|x, p, q| unsafe { pair_kernel_avx2(x, p, q, &f) }),
+            ));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            copies.push((
+                "avx512",
+                Box::new(|x, p, q| unsafe { pair_kernel_avx512(x, p, q, &f) }),
+            ));
+        }
         for n in [0, 1, 7, 17, 4096, 100_003] {
             let x: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 1e-3).collect();
-            let (p, q) = map_pair(&x, f);
-            let (ep, eq): (Vec<f32>, Vec<f32>) = x.iter().map(|&v| f(v)).unzip();
-            assert_eq!((p, q), (ep, eq), "n = {n}");
+            let want: (Vec<f32>, Vec<f32>) = x.iter().map(|&v| f(v)).unzip();
+            assert_eq!(map_pair(&x, f), want, "map_pair, n = {n}");
+            for (name, copy) in &copies {
+                let (mut p, mut q) = (
+                    vec![MaybeUninit::uninit(); n],
+                    vec![MaybeUninit::uninit(); n],
+                );
+                copy(&x, &mut p, &mut q);
+                // SAFETY: the copy wrote all `n` elements of both.
+                let got: (Vec<f32>, Vec<f32>) = unsafe {
+                    (
+                        p.iter().map(|v| v.assume_init()).collect(),
+                        q.iter().map(|v| v.assume_init()).collect(),
+                    )
+                };
+                assert_eq!(got, want, "{name}, n = {n}");
+            }
         }
     }
 }

@@ -594,11 +594,11 @@ mod tests {
     }
 
     /// The AVX2 copy of the AdamW loop (taken on CPUs that have it) must give the baseline
-    /// loop's results bit for bit.
+    /// loop's results bit for bit, for f32 and f64 parameters.
     #[test]
     fn adamw_avx2_matches_the_baseline_loop() {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        fn check<T: Float + std::fmt::Debug>() {
             let n = 1003;
             let s = AdamWStep {
                 b1: 0.9,
@@ -608,19 +608,25 @@ mod tests {
                 decay: 1.0 - 1e-3 * 0.1,
                 eps: 1e-8,
             };
-            let g: Vec<f32> = (0..n)
-                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
-                .collect();
-            let w0: Vec<f32> = (0..n).map(|i| (i as f32).sin()).collect();
+            let of = |f: &dyn Fn(usize) -> f64| -> Vec<T> {
+                (0..n).map(|i| T::from_f64_lossy(f(i))).collect()
+            };
+            let g = of(&|i| ((i * 7919 % 1000) as f64 - 500.0) * 1e-3);
+            let w0 = of(&|i| (i as f64).sin());
             let m0: Vec<f64> = (0..n).map(|i| (i as f64).cos() * 1e-2).collect();
             let v0: Vec<f64> = (0..n).map(|i| 1e-6 * (1 + i % 5) as f64).collect();
             let (mut w1, mut m1, mut v1) = (w0.clone(), m0.clone(), v0.clone());
             adamw(&s, &mut w1, &g, &mut m1, &mut v1);
             let (mut w2, mut m2, mut v2) = (w0.clone(), m0, v0);
-            // SAFETY: the CPU has AVX2 (checked above).
+            // SAFETY: the caller checked that the CPU has AVX2.
             unsafe { adamw_avx2(&s, &mut w2, &g, &mut m2, &mut v2) };
             assert_ne!(w1, w0);
             assert_eq!((w1, m1, v1), (w2, m2, v2));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            check::<f32>();
+            check::<f64>();
         }
     }
 

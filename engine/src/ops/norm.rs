@@ -95,6 +95,9 @@ impl<T: Float> Backward<T> {
 
     /// `(Σ_rows g ⊙ x̂, Σ_rows g)`: the block partials summed in block order.
     fn param_grads(&self, d: usize) -> (Vec<T>, Vec<T>) {
+        if d == 0 {
+            return (Vec::new(), Vec::new());
+        }
         let mut total = vec![T::zero(); 2 * d];
         for p in self.partials.chunks(2 * d) {
             total.iter_mut().zip(p).for_each(|(t, &v)| *t += v);
@@ -230,6 +233,24 @@ mod tests {
     use crate::cpu::on_threads;
     use crate::{DType, Tensor};
     use rand::SeedableRng;
+
+    /// An empty last dim (BC-18): the forward and all three gradients are empty tensors of
+    /// the right shapes, not a panic.
+    #[test]
+    fn layer_norm_of_an_empty_last_dim_has_empty_gradients() {
+        let leaf = |shape: &[usize]| {
+            Tensor::zeros(shape, DType::F64)
+                .requires_grad_(true)
+                .unwrap()
+        };
+        let (x, w, b) = (leaf(&[3, 0]), leaf(&[0]), leaf(&[0]));
+        let y = x.layer_norm(Some(&w), Some(&b), 1e-5).unwrap();
+        assert_eq!(y.shape(), [3, 0]);
+        y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(x.grad().unwrap().shape(), [3, 0]);
+        assert_eq!(w.grad().unwrap().shape(), [0]);
+        assert_eq!(b.grad().unwrap().shape(), [0]);
+    }
 
     /// Rows large enough for the parallel path: output and all three gradients are
     /// bit-identical on 1 and 4 threads, and the output matches the composite formula.
