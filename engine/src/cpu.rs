@@ -397,9 +397,10 @@ mod tests {
     /// length (tails included).
     #[test]
     fn map_pair_copies_match_the_scalar_loop_bit_for_bit() {
-        type Copy<'a> = Box<dyn Fn(&[f32], &mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]) + 'a>;
+        type Kernel<'a> =
+            Box<dyn Fn(&[f32], &mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]) + 'a>;
         let f = |v: f32| ((v * 0.5).fast_exp(), 1.0 / (1.0 + v * v) - v / 3.0);
-        let mut copies: Vec<(&str, Copy)> =
+        let mut copies: Vec<(&str, Kernel)> =
             vec![("baseline", Box::new(|x, p, q| pair_kernel(x, p, q, &f)))];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {

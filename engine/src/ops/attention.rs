@@ -30,9 +30,9 @@ const OP: &str = "scaled_dot_product_attention";
 
 /// Rows (queries) per block of a causal product: the block ending at row `r1` needs key
 /// columns `..r1` only. Smaller blocks skip more of the masked triangle but make the
-/// products smaller: at T = 128, d = 64, fused forward + backward took 21.8 ms with 32,
-/// 20.0 ms with 64 and 23.8 ms with no blocks (`cargo bench --bench lm_step --
-/// causal_attention/fused`, one thread).
+/// products smaller: at T = 128, d = 64, fused forward + backward took 21.2 ms with 32 and
+/// 19.3 ms with 64 (earlier, 23.8 ms with no blocks against 20.0 with 64; `cargo bench
+/// --bench lm_step -- causal_attention/fused`, one thread).
 const BLOCK: usize = 64;
 
 /// A matrix in strided storage: element `(i, j)` at `off + i·rs + j·cs`.
