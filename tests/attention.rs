@@ -147,6 +147,33 @@ fn matches_composed_attention_in_values_and_gradients() {
     }
 }
 
+/// The outputs and gradients are not zero-filled before the products write them: keys in
+/// a causal block that no query sees (3 queries, 70 keys: the block from key 64 has no
+/// terms) and `d_k = 0` (no terms in the scores) must still come out exact, in f32 and f64.
+#[test]
+fn blocks_without_terms_are_written_as_zeros() {
+    for dtype in [DType::F64, DType::F32] {
+        for d in [[2, 2, 3], [0, 0, 3]] {
+            let x = merged(2, 3, [3, 70, 70], d, dtype);
+            let (y, g) = values_and_grads(fused, &x, 3, true);
+            let (y_ref, g_ref) = values_and_grads(composed, &x, 3, true);
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+            assert_close(&y, &y_ref, tol);
+            for (a, b) in g.iter().zip(&g_ref) {
+                assert_close(a, b, tol);
+            }
+            // Keys and values past the last query get exactly zero gradient.
+            for grad in &g[1..] {
+                let per_key = grad.len() / (2 * 70);
+                for b in 0..2 {
+                    let row = &grad[(b * 70 + 3) * per_key..(b + 1) * 70 * per_key];
+                    assert!(row.iter().all(|&v| v == 0.0), "{dtype:?} d {d:?}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn f32_agrees_with_f64() {
     let x = merged(1, 2, [100, 100, 100], [16, 16, 16], DType::F32);

@@ -289,6 +289,54 @@ unsafe fn pair_kernel_avx512<T: Float>(
     pair_kernel(x, sp, sq, f)
 }
 
+/// A loop to run at the CPU's full vector width through [`widest`]. Its `run` must be
+/// `#[inline(always)]`, and so must what it calls: only code inlined into each copy is
+/// compiled for that copy's width (a closure or a function pointer would not be).
+pub(crate) trait Widen {
+    type Output;
+    fn run(self) -> Self::Output;
+}
+
+/// `k.run()` compiled for the widest vector extension this CPU has (AVX-512F, else AVX2,
+/// else the baseline target), chosen at run time like [`map_pair`]'s copies, with the same
+/// bit-identical results. For row kernels (softmax) whose rows are too short to be worth
+/// splitting across threads, so that [`map_pair`]'s chunked copies do not fit.
+#[inline(always)]
+pub(crate) fn widest<K: Widen>(k: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { run_avx512(k) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { run_avx2(k) };
+        }
+    }
+    k.run()
+}
+
+/// `k.run()` compiled for AVX2 (see [`widest`]).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn run_avx2<K: Widen>(k: K) -> K::Output {
+    k.run()
+}
+
+/// `k.run()` compiled for AVX-512F (see [`widest`]).
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn run_avx512<K: Widen>(k: K) -> K::Output {
+    k.run()
+}
+
 /// Lanes of the partial sums of [`lane_sum`] and [`lane_dot`] (and of softmax's row
 /// maxima): independent accumulators let the loops vectorize, and the fixed count keeps
 /// results independent of the machine.

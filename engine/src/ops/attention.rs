@@ -19,12 +19,13 @@
 //! straight into `[batch, T, heads, d]` storage (returned as `[batch, heads, T, d]` views),
 //! so merging the heads back into `[batch, T, heads·d]` needs no copy.
 
-use crate::cpu::{zeros, SendPtr};
+use crate::cpu::{widest, SendPtr, Widen};
 use crate::dtype::with_dtype;
 use crate::layout::{numel_of, Layout};
 use crate::ops::softmax::{softmax_grad_in_place, softmax_in_place};
 use crate::{DType, Error, Float, Result, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 const OP: &str = "scaled_dot_product_attention";
 
@@ -159,8 +160,73 @@ impl Dims {
     }
 }
 
-/// Forward for every (batch, head): fills `p` (`[b, h, t, s]`, zero above the causal
-/// diagonal) and returns `O` as dense `[b, t, h, dv]`.
+/// Softmax of query rows `r0..r1` of one pair's scores `pp` (`t × s`, row-major, the
+/// scores of each row's visible keys already written), in place; the masked rest of each
+/// row is set to 0. Run through [`widest`], so the exponentials use the CPU's full vector
+/// width.
+struct SoftmaxRows<'a, T> {
+    d: Dims,
+    pp: &'a mut [MaybeUninit<T>],
+    rows: (usize, usize),
+}
+
+impl<T: Float> Widen for SoftmaxRows<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for i in self.rows.0..self.rows.1 {
+            let row = &mut self.pp[i * self.d.s..(i + 1) * self.d.s];
+            let (seen, masked) = row.split_at_mut(self.d.visible(i));
+            masked.iter_mut().for_each(|v| {
+                v.write(T::zero());
+            });
+            // SAFETY: the scores of the visible keys were written by the product before this.
+            softmax_in_place(unsafe { assume_init(seen) });
+        }
+    }
+}
+
+/// Softmax backward of query rows `r0..r1` of one pair, in place on `ds` (holding `dP`
+/// for each row's visible keys): `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, and 0 for the masked
+/// rest of each row. Run through [`widest`], as [`SoftmaxRows`].
+struct SoftmaxGradRows<'a, T> {
+    d: Dims,
+    pp: &'a [T],
+    ds: &'a mut [T],
+    rows: (usize, usize),
+}
+
+impl<T: Float> Widen for SoftmaxGradRows<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let s = self.d.s;
+        for i in self.rows.0..self.rows.1 {
+            let n = self.d.visible(i);
+            let row = &mut self.ds[i * s..(i + 1) * s];
+            softmax_grad_in_place(&self.pp[i * s..i * s + n], &mut row[..n]);
+            row[n..].fill(T::zero());
+        }
+    }
+}
+
+/// `&mut [T]` over elements already written.
+///
+/// # Safety
+/// Every element of `x` must be initialized.
+unsafe fn assume_init<T>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and the caller guarantees initialization.
+    unsafe { &mut *(x as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
+/// A vector of `n` elements for products to fill: allocated without a zero fill.
+fn for_products<T>(n: usize) -> Vec<T> {
+    Vec::with_capacity(n)
+}
+
+/// Forward for every (batch, head): returns `p` (`[b, h, t, s]`, zero above the causal
+/// diagonal) and `O` as dense `[b, t, h, dv]`. Neither is zero-filled first: the products
+/// and the softmax write every element.
 fn forward<T: Float>(
     d: Dims,
     scale: T,
@@ -168,10 +234,11 @@ fn forward<T: Float>(
     (k, lk): (&[T], &Layout),
     (v, lv): (&[T], &Layout),
 ) -> (Vec<T>, Vec<T>) {
-    let mut p = zeros(d.b * d.h * d.t * d.s);
-    let mut o = zeros(d.b * d.t * d.h * d.dv);
+    let (np, no) = (d.b * d.h * d.t * d.s, d.b * d.t * d.h * d.dv);
+    let (mut p, mut o) = (for_products::<T>(np), for_products::<T>(no));
     let out = SendPtr(o.as_mut_ptr());
-    p.par_chunks_mut((d.t * d.s).max(1))
+    p.spare_capacity_mut()[..np]
+        .par_chunks_mut((d.t * d.s).max(1))
         .enumerate()
         .for_each(|(pair, pp)| {
             #[allow(clippy::redundant_locals)]
@@ -187,7 +254,9 @@ fn forward<T: Float>(
             for (r0, r1, cols) in d.row_blocks() {
                 // SAFETY: every matrix lies in its buffer (layouts were validated when the
                 // tensors were built; `pp` is this pair's t×s block), and each pair writes
-                // only its own block of `p` and its own rows/columns of `o`.
+                // only its own block of `p` and its own rows/columns of `o`. The product
+                // writes the `cols` columns of these rows (all of them, even with
+                // `d_k = 0`), which cover every visible key.
                 unsafe {
                     gemm(
                         r1 - r0,
@@ -196,33 +265,40 @@ fn forward<T: Float>(
                         scale,
                         (q.as_ptr(), mq.at(r0, 0)),
                         (k.as_ptr(), mk.t()),
-                        (pp.as_mut_ptr(), mp.at(r0, 0)),
+                        (pp.as_mut_ptr() as *mut T, mp.at(r0, 0)),
                     );
                 }
-                for i in r0..r1 {
-                    let row = &mut pp[i * d.s..(i + 1) * d.s];
-                    let n = d.visible(i);
-                    softmax_in_place(&mut row[..n]);
-                    row[n..].fill(T::zero());
-                }
+                widest(SoftmaxRows {
+                    d,
+                    pp: &mut *pp,
+                    rows: (r0, r1),
+                });
+                // SAFETY: as above; the rows `r0..r1` of `pp` are now all written.
                 unsafe {
                     gemm(
                         r1 - r0,
                         cols,
                         d.dv,
                         T::one(),
-                        (pp.as_ptr(), mp.at(r0, 0)),
+                        (pp.as_ptr() as *const T, mp.at(r0, 0)),
                         (v.as_ptr(), mv),
                         (out.0, mo.at(r0, 0)),
                     );
                 }
             }
         });
+    // SAFETY: the row blocks cover every row of every pair, so all `np` probabilities and
+    // all `no` outputs were written above.
+    unsafe {
+        p.set_len(np);
+        o.set_len(no);
+    }
     (p, o)
 }
 
 /// Backward for every (batch, head) given `dO` (`g`): `dQ`, `dK`, `dV` as dense
-/// `[b, t, h, dk]`, `[b, s, h, dk]`, `[b, s, h, dv]`.
+/// `[b, t, h, dk]`, `[b, s, h, dk]`, `[b, s, h, dv]`, none zero-filled first (every row
+/// and column block is written by its product, with zeros where it has no terms).
 #[allow(clippy::too_many_arguments)]
 fn backward<T: Float>(
     d: Dims,
@@ -233,89 +309,102 @@ fn backward<T: Float>(
     p: &[T],
     (g, lg): (&[T], &Layout),
 ) -> [Vec<T>; 3] {
-    let mut dq = zeros(d.b * d.t * d.h * d.dk);
-    let mut dk = zeros(d.b * d.s * d.h * d.dk);
-    let mut dv = zeros(d.b * d.s * d.h * d.dv);
+    let (nq, nk, nv) = (
+        d.b * d.t * d.h * d.dk,
+        d.b * d.s * d.h * d.dk,
+        d.b * d.s * d.h * d.dv,
+    );
+    let (mut dq, mut dk, mut dv) = (for_products::<T>(nq), for_products(nk), for_products(nv));
     let (pq, pk, pv) = (
         SendPtr(dq.as_mut_ptr()),
         SendPtr(dk.as_mut_ptr()),
         SendPtr(dv.as_mut_ptr()),
     );
-    (0..d.b * d.h).into_par_iter().for_each(|pair| {
-        #[allow(clippy::redundant_locals)]
-        let (pq, pk, pv) = (pq, pk, pv);
-        let (b, h) = (pair / d.h, pair % d.h);
-        let (mq, mk, mv, mg) = (
-            Mat::of(lq, b, h),
-            Mat::of(lk, b, h),
-            Mat::of(lv, b, h),
-            Mat::of(lg, b, h),
-        );
-        let pp = &p[pair * d.t * d.s..(pair + 1) * d.t * d.s];
-        let mp = Mat {
-            off: 0,
-            rs: d.s,
-            cs: 1,
-        };
-        // dS, zero wherever P is (above the diagonal), so the products below may read
-        // whole blocks.
-        let mut ds = vec![T::zero(); d.t * d.s];
-        for (r0, r1, cols) in d.row_blocks() {
-            // SAFETY: as in `forward`; `ds` is this pair's own scratch and each pair writes
-            // only its own rows/columns of dq, dk, dv.
-            unsafe {
-                gemm(
-                    r1 - r0,
-                    d.dv,
-                    cols,
-                    T::one(),
-                    (g.as_ptr(), mg.at(r0, 0)),
-                    (v.as_ptr(), mv.t()),
-                    (ds.as_mut_ptr(), mp.at(r0, 0)),
-                );
+    // `dS` scratch, one per rayon task and reused across its pairs: every row is rewritten
+    // for each pair (products, then the softmax backward with zeros in the masked part),
+    // so the products below may read whole blocks.
+    let scratch = || vec![T::zero(); d.t * d.s];
+    (0..d.b * d.h)
+        .into_par_iter()
+        .for_each_init(scratch, |ds, pair| {
+            #[allow(clippy::redundant_locals)]
+            let (pq, pk, pv) = (pq, pk, pv);
+            let (b, h) = (pair / d.h, pair % d.h);
+            let (mq, mk, mv, mg) = (
+                Mat::of(lq, b, h),
+                Mat::of(lk, b, h),
+                Mat::of(lv, b, h),
+                Mat::of(lg, b, h),
+            );
+            let pp = &p[pair * d.t * d.s..(pair + 1) * d.t * d.s];
+            let mp = Mat {
+                off: 0,
+                rs: d.s,
+                cs: 1,
+            };
+            for (r0, r1, cols) in d.row_blocks() {
+                // SAFETY: as in `forward`; `ds` is this task's own scratch and each pair
+                // writes only its own rows/columns of dq, dk, dv.
+                unsafe {
+                    gemm(
+                        r1 - r0,
+                        d.dv,
+                        cols,
+                        T::one(),
+                        (g.as_ptr(), mg.at(r0, 0)),
+                        (v.as_ptr(), mv.t()),
+                        (ds.as_mut_ptr(), mp.at(r0, 0)),
+                    );
+                }
+                widest(SoftmaxGradRows {
+                    d,
+                    pp,
+                    ds: &mut ds[..],
+                    rows: (r0, r1),
+                });
+                unsafe {
+                    gemm(
+                        r1 - r0,
+                        cols,
+                        d.dk,
+                        scale,
+                        (ds.as_ptr(), mp.at(r0, 0)),
+                        (k.as_ptr(), mk),
+                        (pq.0, Mat::heads_inner(d.t, d.h, d.dk, b, h).at(r0, 0)),
+                    );
+                }
             }
-            for i in r0..r1 {
-                let n = d.visible(i);
-                let row = &mut ds[i * d.s..i * d.s + cols];
-                softmax_grad_in_place(&pp[i * d.s..i * d.s + n], &mut row[..n]);
-                row[n..].fill(T::zero());
+            for (c0, c1, from) in d.col_blocks() {
+                let rows = d.t - from;
+                unsafe {
+                    gemm(
+                        c1 - c0,
+                        rows,
+                        d.dk,
+                        scale,
+                        (ds.as_ptr(), mp.at(from, c0).t()),
+                        (q.as_ptr(), mq.at(from, 0)),
+                        (pk.0, Mat::heads_inner(d.s, d.h, d.dk, b, h).at(c0, 0)),
+                    );
+                    gemm(
+                        c1 - c0,
+                        rows,
+                        d.dv,
+                        T::one(),
+                        (pp.as_ptr(), mp.at(from, c0).t()),
+                        (g.as_ptr(), mg.at(from, 0)),
+                        (pv.0, Mat::heads_inner(d.s, d.h, d.dv, b, h).at(c0, 0)),
+                    );
+                }
             }
-            unsafe {
-                gemm(
-                    r1 - r0,
-                    cols,
-                    d.dk,
-                    scale,
-                    (ds.as_ptr(), mp.at(r0, 0)),
-                    (k.as_ptr(), mk),
-                    (pq.0, Mat::heads_inner(d.t, d.h, d.dk, b, h).at(r0, 0)),
-                );
-            }
-        }
-        for (c0, c1, from) in d.col_blocks() {
-            let rows = d.t - from;
-            unsafe {
-                gemm(
-                    c1 - c0,
-                    rows,
-                    d.dk,
-                    scale,
-                    (ds.as_ptr(), mp.at(from, c0).t()),
-                    (q.as_ptr(), mq.at(from, 0)),
-                    (pk.0, Mat::heads_inner(d.s, d.h, d.dk, b, h).at(c0, 0)),
-                );
-                gemm(
-                    c1 - c0,
-                    rows,
-                    d.dv,
-                    T::one(),
-                    (pp.as_ptr(), mp.at(from, c0).t()),
-                    (g.as_ptr(), mg.at(from, 0)),
-                    (pv.0, Mat::heads_inner(d.s, d.h, d.dv, b, h).at(c0, 0)),
-                );
-            }
-        }
-    });
+        });
+    // SAFETY: the row blocks cover every query row (dQ) and the column blocks every key
+    // row (dK, dV); a block without terms (`rows = 0`) is written as zeros by `gemm`.
+    unsafe {
+        dq.set_len(nq);
+        dk.set_len(nk);
+        dv.set_len(nv);
+    }
     [dq, dk, dv]
 }
 
@@ -443,5 +532,101 @@ impl Tensor {
                 .map(|(g, need)| need.then_some(g))
                 .collect())
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The copies of a [`Widen`] kernel: baseline, AVX2, AVX-512F.
+    #[derive(Clone, Copy, Debug)]
+    enum Copy {
+        Baseline,
+        Avx2,
+        Avx512,
+    }
+
+    fn run_as<K: Widen>(copy: Copy, k: K) -> K::Output {
+        match copy {
+            Copy::Baseline => k.run(),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: only requested when the CPU has AVX2 (see the test).
+            Copy::Avx2 => unsafe { crate::cpu::run_avx2(k) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: only requested when the CPU has AVX-512F (see the test).
+            Copy::Avx512 => unsafe { crate::cpu::run_avx512(k) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("x86-64 only"),
+        }
+    }
+
+    /// The softmax rows of the attention, forward and backward, give the same bits through
+    /// every copy this CPU can run, on causal rows of every visible length 1…37 (so every
+    /// vector tail), and the forward rows are probabilities with zeros past the diagonal.
+    #[test]
+    fn softmax_rows_match_the_baseline_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let n = 37;
+        let d = Dims {
+            b: 1,
+            h: 1,
+            t: n,
+            s: n,
+            dk: 1,
+            dv: 1,
+            causal: true,
+        };
+        let scores: Vec<f32> = (0..n * n).map(|_| rng.gen_range(-30.0..30.0)).collect();
+        let dp: Vec<f32> = (0..n * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let rows = |copy| {
+            let mut pp: Vec<MaybeUninit<f32>> =
+                scores.iter().map(|&v| MaybeUninit::new(v)).collect();
+            let k = SoftmaxRows {
+                d,
+                pp: &mut pp,
+                rows: (0, n),
+            };
+            run_as(copy, k);
+            // SAFETY: every element was initialized above.
+            let p: Vec<f32> = pp.iter().map(|v| unsafe { v.assume_init() }).collect();
+            let mut ds = dp.clone();
+            let k = SoftmaxGradRows {
+                d,
+                pp: &p,
+                ds: &mut ds,
+                rows: (0, n),
+            };
+            run_as(copy, k);
+            (p, ds)
+        };
+        let (p, ds) = rows(Copy::Baseline);
+        for i in 0..n {
+            let row = &p[i * n..(i + 1) * n];
+            let total: f32 = row[..=i].iter().sum();
+            assert!((total - 1.0).abs() < 1e-5, "row {i} sums to {total}");
+            assert!(
+                row[i + 1..].iter().all(|&v| v == 0.0),
+                "row {i} past the diagonal"
+            );
+            assert!(ds[i * n + i + 1..(i + 1) * n].iter().all(|&v| v == 0.0));
+        }
+        let mut copies = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                copies.push(Copy::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                copies.push(Copy::Avx512);
+            }
+        }
+        for copy in copies {
+            let (pc, dsc) = rows(copy);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&pc), bits(&p), "{copy:?} probabilities");
+            assert_eq!(bits(&dsc), bits(&ds), "{copy:?} dS");
+        }
     }
 }

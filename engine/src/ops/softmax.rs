@@ -13,6 +13,7 @@ enum Kind {
 
 /// Maximum of a row (NaN entries are skipped here; they still reach the output through
 /// the exponentials).
+#[inline(always)]
 fn row_max<T: Float>(row: &[T]) -> T {
     let mut acc = [T::neg_infinity(); LANES];
     let chunks = row.chunks_exact(LANES);
@@ -30,6 +31,7 @@ fn row_max<T: Float>(row: &[T]) -> T {
 
 /// `row ← e^{row − m}` with `m` the row maximum (detached; 0 for a row without a finite
 /// entry, where `-inf − -inf` would give NaN); returns `(m, Σ e^{row − m})`.
+#[inline(always)]
 fn exp_shifted_in_place<T: Float>(row: &mut [T]) -> (T, T) {
     let m = row_max(row);
     let m = if m.is_finite() { m } else { T::zero() };
@@ -41,6 +43,7 @@ fn exp_shifted_in_place<T: Float>(row: &mut [T]) -> (T, T) {
 }
 
 /// Softmax of one dense row, in place.
+#[inline(always)]
 pub(crate) fn softmax_in_place<T: Float>(row: &mut [T]) {
     let (_, s) = exp_shifted_in_place(row);
     let inv = T::one() / s;
@@ -49,6 +52,7 @@ pub(crate) fn softmax_in_place<T: Float>(row: &mut [T]) {
 
 /// Softmax backward of one dense row, in place: `g ← y ⊙ (g − Σ g⊙y)` for the forward
 /// output `y`.
+#[inline(always)]
 pub(crate) fn softmax_grad_in_place<T: Float>(y: &[T], g: &mut [T]) {
     let dot = lane_dot(y, g);
     for (gi, &yi) in g.iter_mut().zip(y) {
