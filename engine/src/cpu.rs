@@ -337,6 +337,47 @@ pub(crate) unsafe fn run_avx512<K: Widen>(k: K) -> K::Output {
     k.run()
 }
 
+/// The copies of a [`Widen`] kernel, for tests that compare them.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum WideCopy {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+/// The wide copies this CPU can run (AVX2, AVX-512F), to compare against the baseline.
+#[cfg(test)]
+pub(crate) fn wide_copies() -> Vec<WideCopy> {
+    let mut copies = vec![];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            copies.push(WideCopy::Avx2);
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            copies.push(WideCopy::Avx512);
+        }
+    }
+    copies
+}
+
+/// `k.run()` through one chosen copy (one that [`wide_copies`] lists, or the baseline).
+#[cfg(test)]
+pub(crate) fn run_as<K: Widen>(copy: WideCopy, k: K) -> K::Output {
+    match copy {
+        WideCopy::Baseline => k.run(),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `wide_copies` lists AVX2 only when the CPU has it.
+        WideCopy::Avx2 => unsafe { run_avx2(k) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `wide_copies` lists AVX-512F only when the CPU has it.
+        WideCopy::Avx512 => unsafe { run_avx512(k) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("wide copies exist on x86-64 only"),
+    }
+}
+
 /// Lanes of the partial sums of [`lane_sum`] and [`lane_dot`] (and of softmax's row
 /// maxima): independent accumulators let the loops vectorize, and the fixed count keeps
 /// results independent of the machine.

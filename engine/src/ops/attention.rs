@@ -538,29 +538,8 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::{run_as, wide_copies, WideCopy};
     use rand::{Rng, SeedableRng};
-
-    /// The copies of a [`Widen`] kernel: baseline, AVX2, AVX-512F.
-    #[derive(Clone, Copy, Debug)]
-    enum Copy {
-        Baseline,
-        Avx2,
-        Avx512,
-    }
-
-    fn run_as<K: Widen>(copy: Copy, k: K) -> K::Output {
-        match copy {
-            Copy::Baseline => k.run(),
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: only requested when the CPU has AVX2 (see the test).
-            Copy::Avx2 => unsafe { crate::cpu::run_avx2(k) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: only requested when the CPU has AVX-512F (see the test).
-            Copy::Avx512 => unsafe { crate::cpu::run_avx512(k) },
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => unreachable!("x86-64 only"),
-        }
-    }
 
     /// The softmax rows of the attention, forward and backward, give the same bits through
     /// every copy this CPU can run, on causal rows of every visible length 1…37 (so every
@@ -601,7 +580,7 @@ mod tests {
             run_as(copy, k);
             (p, ds)
         };
-        let (p, ds) = rows(Copy::Baseline);
+        let (p, ds) = rows(WideCopy::Baseline);
         for i in 0..n {
             let row = &p[i * n..(i + 1) * n];
             let total: f32 = row[..=i].iter().sum();
@@ -612,17 +591,7 @@ mod tests {
             );
             assert!(ds[i * n + i + 1..(i + 1) * n].iter().all(|&v| v == 0.0));
         }
-        let mut copies = vec![];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                copies.push(Copy::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                copies.push(Copy::Avx512);
-            }
-        }
-        for copy in copies {
+        for copy in wide_copies() {
             let (pc, dsc) = rows(copy);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&pc), bits(&p), "{copy:?} probabilities");

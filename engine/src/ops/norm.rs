@@ -2,7 +2,9 @@
 //! Normalization", arXiv:1607.06450; PyTorch `nn.functional.layer_norm`), one fused op
 //! with an analytic backward for the input, the weight and the bias.
 
-use crate::cpu::{dense, fill_rows, lane_dot, lane_sum, map_rows, sequential, zeros};
+use crate::cpu::{
+    dense, fill_rows, lane_dot, lane_sum, map_rows, sequential, widest, zeros, Widen,
+};
 use crate::dtype::with_dtype;
 use crate::{Error, Float, Result, Tensor};
 use rayon::prelude::*;
@@ -70,14 +72,17 @@ impl<T: Float> Backward<T> {
         let n_blocks = x.len().div_ceil(block);
         let mut dx = zeros(x.len());
         let mut partials = vec![T::zero(); n_blocks * 2 * d];
-        let one_block = |(i, (dxb, pb)): (usize, (&mut [T], &mut [T]))| {
-            let mut scratch = vec![T::zero(); 2 * d];
-            for (k, dxr) in dxb.chunks_mut(d).enumerate() {
-                let r = i * PARAM_BLOCK_ROWS + k;
-                let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
-                let stats = (stats[2 * r], stats[2 * r + 1]);
-                backward_row(xr, gr, stats, w, dxr, pb, &mut scratch);
-            }
+        let one_block = |(i, (dx, acc)): (usize, (&mut [T], &mut [T]))| {
+            let r0 = i * PARAM_BLOCK_ROWS;
+            let rows = r0 * d..r0 * d + dx.len();
+            widest(BackwardRows {
+                x: &x[rows.clone()],
+                g: &g[rows],
+                stats: &stats[2 * r0..],
+                w,
+                dx,
+                acc,
+            });
         };
         if sequential(x.len()) {
             dx.chunks_mut(block)
@@ -107,10 +112,37 @@ impl<T: Float> Backward<T> {
     }
 }
 
+/// The backward of consecutive rows (`x`, `g` and `dx` hold whole rows of length `w`'s,
+/// i.e. `acc.len() / 2`; `stats` starts at the first of them), adding into one block's
+/// partial sums `acc`. Run through [`widest`], so its loops use the CPU's full vector width.
+struct BackwardRows<'a, T> {
+    x: &'a [T],
+    g: &'a [T],
+    stats: &'a [T],
+    w: Option<&'a [T]>,
+    dx: &'a mut [T],
+    acc: &'a mut [T],
+}
+
+impl<T: Float> Widen for BackwardRows<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let d = self.acc.len() / 2;
+        let mut scratch = vec![T::zero(); 2 * d];
+        for (r, dxr) in self.dx.chunks_mut(d).enumerate() {
+            let (xr, gr) = (&self.x[r * d..(r + 1) * d], &self.g[r * d..(r + 1) * d]);
+            let stats = (self.stats[2 * r], self.stats[2 * r + 1]);
+            backward_row(xr, gr, stats, self.w, dxr, self.acc, &mut scratch);
+        }
+    }
+}
+
 /// One row of the backward. Input gradient, with `ĝ = g ⊙ w` (or `g` without weight):
 /// `dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))`; `g ⊙ x̂` and `g` are added into the
 /// block's partial column sums `acc` (`2·d` values). `scratch` (`2·d` values) holds `x̂`
 /// and `ĝ`, so that every loop below is a plain slice loop and the two means are lane sums.
+#[inline(always)]
 fn backward_row<T: Float>(
     xr: &[T],
     gr: &[T],
@@ -230,9 +262,54 @@ impl Tensor {
 
 #[cfg(test)]
 mod tests {
-    use crate::cpu::on_threads;
-    use crate::{DType, Tensor};
-    use rand::SeedableRng;
+    use super::*;
+    use crate::cpu::{on_threads, run_as, wide_copies, WideCopy};
+    use crate::DType;
+    use rand::{Rng, SeedableRng};
+
+    /// The backward rows give the same bits through every copy this CPU can run, for row
+    /// lengths around the vector widths (tails), with and without a weight, in f32 and f64.
+    #[test]
+    fn backward_rows_match_the_baseline_bit_for_bit() {
+        fn check<T: Float>(rng: &mut impl Rng) {
+            for d in [1, 7, 8, 15, 16, 17, 33, 256] {
+                let rows = 5;
+                let mut draw = |n: usize| -> Vec<T> {
+                    (0..n)
+                        .map(|_| T::from_f64_lossy(rng.gen_range(-3.0..3.0)))
+                        .collect()
+                };
+                let (x, g, w) = (draw(rows * d), draw(rows * d), draw(d));
+                let stats = all_row_stats(&x, d, T::from_f64_lossy(1e-5));
+                for w in [None, Some(&w[..])] {
+                    let run = |copy| {
+                        let (mut dx, mut acc) = (vec![T::zero(); rows * d], vec![T::zero(); 2 * d]);
+                        let k = BackwardRows {
+                            x: &x,
+                            g: &g,
+                            stats: &stats,
+                            w,
+                            dx: &mut dx,
+                            acc: &mut acc,
+                        };
+                        run_as(copy, k);
+                        // Exact in f64, so comparing f64 bits compares the values' bits.
+                        let bits = |v: &[T]| -> Vec<u64> {
+                            v.iter().map(|x| x.to_f64_lossless().to_bits()).collect()
+                        };
+                        (bits(&dx), bits(&acc))
+                    };
+                    let base = run(WideCopy::Baseline);
+                    for copy in wide_copies() {
+                        assert!(run(copy) == base, "{copy:?}, d = {d}");
+                    }
+                }
+            }
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        check::<f32>(&mut rng);
+        check::<f64>(&mut rng);
+    }
 
     /// An empty last dim (BC-18): the forward and all three gradients are empty tensors of
     /// the right shapes, not a panic.
