@@ -6,7 +6,9 @@
 //! `gradcheck` copies its inputs into fresh dense leaves, so each strided view is built inside
 //! the checked function from a leaf stored in the view's pre-image shape.
 
-use engine::{gradcheck, gradcheck_with, no_grad, DType, Error, GradcheckOptions, Result, Tensor};
+use engine::{
+    gradcheck, gradcheck_with, no_grad, Activation, DType, Error, GradcheckOptions, Result, Tensor,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -737,6 +739,20 @@ fn linear_with_and_without_bias() {
                 Domain::Any,
                 i as u64,
                 |t| t[0].linear(&t[1], Some(&t[2])),
+            );
+            check_args(
+                "linear_act gelu",
+                &[x.clone(), w.clone(), Arg::plain(&[sw[0]])],
+                Domain::Any,
+                i as u64,
+                |t| t[0].linear_act(&t[1], Some(&t[2]), Activation::Gelu),
+            );
+            check_args(
+                "linear_act gelu (no bias)",
+                &[x.clone(), w.clone()],
+                Domain::Any,
+                i as u64,
+                |t| t[0].linear_act(&t[1], None, Activation::Gelu),
             );
             check_args("linear (no bias)", &[x, w], Domain::Any, i as u64, |t| {
                 t[0].linear(&t[1], None)

@@ -3,7 +3,8 @@
 //! BC-13, BC-15 and the verified values of the σReparam gradient.
 
 use engine::{
-    gradcheck, sigma_reparam_linear, DType, Error, GammaInit, PowerIterState, Tensor, SIGMA_EPS,
+    gradcheck, sigma_reparam_linear, sigma_reparam_linear_act, Activation, DType, Error, GammaInit,
+    PowerIterState, Tensor, SIGMA_EPS,
 };
 use nn::{Linear, LinearKind, LinearLayer, Module, ModuleExt, SigmaReparamLinear, TensorRole};
 use rand::SeedableRng;
@@ -145,7 +146,13 @@ fn set_vectors(state: &PowerIterState, u: &[f64], v: &[f64]) {
 // ----- gradient checks -------------------------------------------------------------------
 
 /// Finite-difference check of the op (eval mode: u, v frozen) with respect to x, W, γ and b.
-fn gradcheck_op(x_shape: &[usize], out: usize, with_bias: bool, gamma_init: GammaInit) {
+fn gradcheck_op(
+    x_shape: &[usize],
+    out: usize,
+    with_bias: bool,
+    gamma_init: GammaInit,
+    act: Activation,
+) {
     let inp = *x_shape.last().unwrap();
     let mut r = rng(7);
     let x = Tensor::randn(x_shape, 0.0, 1.0, DType::F64, &mut r);
@@ -162,7 +169,7 @@ fn gradcheck_op(x_shape: &[usize], out: usize, with_bias: bool, gamma_init: Gamm
     }
     let before = snapshot(&state);
     let report = gradcheck(
-        |xs| sigma_reparam_linear(&xs[0], &xs[1], &xs[2], xs.get(3), &state, false),
+        |xs| sigma_reparam_linear_act(&xs[0], &xs[1], &xs[2], xs.get(3), &state, false, act),
         &inputs,
     )
     .unwrap();
@@ -174,22 +181,29 @@ fn gradcheck_op(x_shape: &[usize], out: usize, with_bias: bool, gamma_init: Gamm
 
 #[test]
 fn gradcheck_rank2_with_bias_gamma_sigma() {
-    gradcheck_op(&[4, 3], 5, true, GammaInit::Sigma);
+    gradcheck_op(&[4, 3], 5, true, GammaInit::Sigma, Activation::Identity);
 }
 
 #[test]
 fn gradcheck_rank2_without_bias_gamma_one() {
-    gradcheck_op(&[4, 6], 3, false, GammaInit::One);
+    gradcheck_op(&[4, 6], 3, false, GammaInit::One, Activation::Identity);
 }
 
 #[test]
 fn gradcheck_rank3_with_bias_gamma_one() {
-    gradcheck_op(&[2, 3, 4], 5, true, GammaInit::One);
+    gradcheck_op(&[2, 3, 4], 5, true, GammaInit::One, Activation::Identity);
 }
 
 #[test]
 fn gradcheck_rank3_without_bias_gamma_sigma() {
-    gradcheck_op(&[2, 3, 4], 2, false, GammaInit::Sigma);
+    gradcheck_op(&[2, 3, 4], 2, false, GammaInit::Sigma, Activation::Identity);
+}
+
+/// GELU fused into the product: `x`, `W`, `γ` and `b` through the activation.
+#[test]
+fn gradcheck_rank3_with_bias_and_gelu() {
+    gradcheck_op(&[2, 3, 4], 5, true, GammaInit::One, Activation::Gelu);
+    gradcheck_op(&[4, 3], 2, false, GammaInit::Sigma, Activation::Gelu);
 }
 
 #[test]

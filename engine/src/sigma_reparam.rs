@@ -33,7 +33,7 @@
 
 use crate::cpu::{dot_f64, fill_rows, map_rows};
 use crate::dtype::with_dtype;
-use crate::ops::{check_linear, weight_dims, LinearShape};
+use crate::ops::{check_linear, weight_dims, Activation, LinearShape};
 use crate::{no_grad, DType, Error, Float, Result, Tensor};
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -303,6 +303,22 @@ pub fn sigma_reparam_linear(
     state: &PowerIterState,
     training: bool,
 ) -> Result<Tensor> {
+    sigma_reparam_linear_act(x, w, gamma, bias, state, training, Activation::Identity)
+}
+
+/// `act(y)` for the σReparam linear map `y` of [`sigma_reparam_linear`], the activation
+/// applied inside the product kernel as in [`Tensor::linear_act`]: the same values and
+/// gradients as `sigma_reparam_linear` followed by the activation's own op, bit for bit.
+/// Shapes, state updates and errors as [`sigma_reparam_linear`].
+pub fn sigma_reparam_linear_act(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    bias: Option<&Tensor>,
+    state: &PowerIterState,
+    training: bool,
+    act: Activation,
+) -> Result<Tensor> {
     let LinearShape {
         rows,
         inp,
@@ -319,6 +335,13 @@ pub fn sigma_reparam_linear(
     state.check_fits(out, inp, w.dtype())?;
 
     let dtype = w.dtype();
+    let needs = [
+        x.requires_grad(),
+        w.requires_grad(),
+        gamma.requires_grad(),
+        bias.is_some_and(|b| b.requires_grad()),
+    ];
+    let with_grad = crate::is_grad_enabled() && needs.contains(&true);
     let (y, node) = no_grad(|| -> Result<_> {
         let wd = w.detach();
         let step = if training {
@@ -336,7 +359,8 @@ pub fn sigma_reparam_linear(
         };
         let scale = gamma.item()? / step.sigma.max(SIGMA_EPS);
         let x2 = x.detach().reshape(&[rows, inp])?;
-        let z = x2.matmul_scaled(&wd.t()?, scale, bias)?;
+        let (z, dy) = x2.matmul_act(&wd.t()?, scale, bias, act, with_grad)?;
+        let dy = dy.map(|d| d.reshape(&y_shape)).transpose()?;
         let node = Node {
             x2,
             w: wd,
@@ -344,19 +368,17 @@ pub fn sigma_reparam_linear(
             scale,
             x_shape: x.shape().to_vec(),
             gamma_shape: gamma.shape().to_vec(),
-            needs: [
-                x.requires_grad(),
-                w.requires_grad(),
-                gamma.requires_grad(),
-                bias.is_some_and(|b| b.requires_grad()),
-            ],
+            needs,
             has_bias: bias.is_some(),
+            dy,
         };
         Ok((z.reshape(&y_shape)?, node))
     })?;
     let mut inputs = vec![x, w, gamma];
     inputs.extend(bias);
-    Ok(y.record(&inputs, OP, move |g| node.backward(g)))
+    Ok(y.record(&inputs, OP, move |g| {
+        Activation::chain(node.dy.as_ref(), g, |g| node.backward(g))
+    }))
 }
 
 /// What the backward of one forward needs, including its own copy of `(u, v, σ)`.
@@ -374,6 +396,8 @@ struct Node {
     /// Whether `x`, `W`, `γ`, `b` require grad.
     needs: [bool; 4],
     has_bias: bool,
+    /// The activation's derivative at the output, when there is an activation.
+    dy: Option<Tensor>,
 }
 
 impl Node {

@@ -3,7 +3,7 @@
 
 use crate::module::join;
 use crate::{Module, Result, TensorRole};
-use engine::{sigma_reparam_linear, DType, GammaInit, PowerIterState, Tensor};
+use engine::{sigma_reparam_linear_act, Activation, DType, GammaInit, PowerIterState, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Stopping rule of the power iteration at initialization: `‖u_k − u_{k−1}‖₂ ≤ INIT_TOL`.
@@ -63,7 +63,13 @@ impl Linear {
     ///
     /// Errors when the last dim of `x` is not `in` (naming both shapes) or dtypes differ.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.linear(&self.weight, self.bias.as_ref())?)
+        self.forward_act(x, Activation::Identity)
+    }
+
+    /// `act(x Wᵀ + b)`, the activation fused into the product ([`Tensor::linear_act`]).
+    /// Errors as [`Linear::forward`].
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        Ok(x.linear_act(&self.weight, self.bias.as_ref(), act)?)
     }
 
     /// The weight `[out, in]`.
@@ -136,13 +142,20 @@ impl SigmaReparamLinear {
     ///
     /// Errors when the last dim of `x` is not `in` (naming both shapes) or dtypes differ.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(sigma_reparam_linear(
+        self.forward_act(x, Activation::Identity)
+    }
+
+    /// `act(y)` for the layer's output `y`, the activation fused into the product
+    /// ([`engine::sigma_reparam_linear_act`]). Errors as [`SigmaReparamLinear::forward`].
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        Ok(sigma_reparam_linear_act(
             x,
             &self.weight,
             &self.gamma,
             self.bias.as_ref(),
             &self.state,
             self.is_training(),
+            act,
         )?)
     }
 
@@ -244,9 +257,14 @@ impl LinearLayer {
 
     /// The layer's forward: `[..., in]` to `[..., out]`. Errors as the wrapped layer's.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Activation::Identity)
+    }
+
+    /// The layer's forward with `act` fused into its product (see [`Linear::forward_act`]).
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         match self {
-            LinearLayer::Plain(l) => l.forward(x),
-            LinearLayer::SigmaReparam(l) => l.forward(x),
+            LinearLayer::Plain(l) => l.forward_act(x, act),
+            LinearLayer::SigmaReparam(l) => l.forward_act(x, act),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use crate::module::join;
 use crate::{LinearLayer, Module, Result, TensorRole};
-use engine::Tensor;
+use engine::{Activation, Tensor};
 
 /// The GELU MLP of a block: `proj(gelu(fc(x)))`, `fc` `[d, 4d]`, `proj` `[4d, d]`.
 #[derive(Debug)]
@@ -24,9 +24,11 @@ impl Mlp {
         })
     }
 
-    /// `[..., d]` to `[..., d]`, with the tanh-approximated GELU (GPT-2's).
+    /// `[..., d]` to `[..., d]`, with the tanh-approximated GELU (GPT-2's), computed inside
+    /// `fc`'s product ([`Activation::Gelu`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.proj.forward(&self.fc.forward(x)?.gelu()?)
+        self.proj
+            .forward(&self.fc.forward_act(x, Activation::Gelu)?)
     }
 
     /// The linears `fc` and `proj` with their names.

@@ -6,9 +6,11 @@
 //! `gemm` itself runs single-threaded, and every call sums at most [`K_CHUNK`] terms of `k`
 //! in one pass, so the result of every product is the same whatever the thread count.
 
-use crate::cpu::SendPtr;
+use crate::cpu::{widest, SendPtr, Widen};
 use crate::dtype::with_dtype;
 use crate::layout::{broadcast_shapes, Layout};
+use crate::ops::linear::Activation;
+use crate::ops::unary::{gelu_tanh, gelu_tanh_and_grad};
 use crate::{Error, Float, Result, Tensor};
 use rayon::prelude::*;
 
@@ -51,6 +53,22 @@ impl Tensor {
         alpha: f64,
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
+        Ok(self
+            .matmul_act(other, alpha, bias, Activation::Identity, false)?
+            .0)
+    }
+
+    /// `act(alpha · (self @ other) + bias)` as [`Tensor::matmul_scaled`], the activation
+    /// applied to each block of the result while it is still in cache; with `with_grad`, also
+    /// `act'` at the same points (a tensor of the output's shape), for the caller's backward.
+    pub(crate) fn matmul_act(
+        &self,
+        other: &Tensor,
+        alpha: f64,
+        bias: Option<&Tensor>,
+        act: Activation,
+        with_grad: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         self.check_same("matmul", other)?;
         let mismatch = || Error::ShapeMismatch {
             op: "matmul",
@@ -78,12 +96,15 @@ impl Tensor {
         let lb = other.layout().broadcast_to("matmul", &b_shape)?;
         with_dtype!(self.dtype(), T => {
             let bias = bias.map(|b| b.to_vec::<T>()).transpose()?;
-            let v = self.with_cpu::<T, _>("matmul", |a, _| {
+            let with_grad = with_grad && act != Activation::Identity;
+            let (v, dv) = self.with_cpu::<T, _>("matmul", |a, _| {
                 other.with_cpu::<T, _>("matmul", |b, _| {
-                    gemm_batched(a, &la, b, &lb, (m, k, n), T::from_f64_lossy(alpha), bias.as_deref())
+                    let epilogue = (bias.as_deref(), act, with_grad);
+                    gemm_batched(a, &la, b, &lb, (m, k, n), T::from_f64_lossy(alpha), epilogue)
                 })
             })??;
-            Tensor::from_vec(v, &out_shape)
+            let dv = dv.map(|d| Tensor::from_vec(d, &out_shape)).transpose()?;
+            Ok((Tensor::from_vec(v, &out_shape)?, dv))
         })
     }
 }
@@ -119,8 +140,53 @@ fn column_major(t: &Tensor) -> bool {
     s[r - 2] == 1 && s[r - 1] != 1
 }
 
-/// `C[b] = alpha·A[b]·B[b] (+ bias on every row)` for every batch index; `la`, `lb` are
-/// broadcast to the batch shape, and `bias` has `n` elements.
+/// The epilogue of a block of a product's result, `rows × cols` at `c` with row stride
+/// `n`: `+ bias` (the block's columns of it), then the activation, in place; with `dy`, the
+/// activation's derivative goes to `dy` at the same offsets. Run through [`widest`].
+struct BlockEpilogue<'a, T> {
+    c: *mut T,
+    dy: Option<*mut T>,
+    n: usize,
+    rows: usize,
+    cols: usize,
+    bias: Option<&'a [T]>,
+    act: Activation,
+}
+
+impl<T: Float> Widen for BlockEpilogue<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for row in 0..self.rows {
+            // SAFETY: the block lies in the result (and `dy`, of the same size), and no other
+            // thread touches it (see `gemm_batched`).
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(self.c.add(row * self.n), self.cols) };
+            if let Some(bias) = self.bias {
+                for (y, &b) in dst.iter_mut().zip(bias) {
+                    *y += b;
+                }
+            }
+            match (self.act, self.dy) {
+                (Activation::Identity, _) => {}
+                (Activation::Gelu, None) => dst.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
+                (Activation::Gelu, Some(dy)) => {
+                    // SAFETY: as above.
+                    let d =
+                        unsafe { std::slice::from_raw_parts_mut(dy.add(row * self.n), self.cols) };
+                    for (v, dv) in dst.iter_mut().zip(d) {
+                        (*v, *dv) = gelu_tanh_and_grad(*v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `C[b] = act(alpha·A[b]·B[b] + bias on every row)` for every batch index, and with
+/// `with_grad` also `act'` at the same points; `la`, `lb` are broadcast to the batch shape,
+/// and `bias` has `n` elements. The epilogue (bias, activation) runs on each block right
+/// after its product, while the block is in cache.
 fn gemm_batched<T: Float>(
     a: &[T],
     la: &Layout,
@@ -128,17 +194,40 @@ fn gemm_batched<T: Float>(
     lb: &Layout,
     (m, k, n): (usize, usize, usize),
     alpha: T,
-    bias: Option<&[T]>,
-) -> Vec<T> {
+    (bias, act, with_grad): (Option<&[T]>, Activation, bool),
+) -> (Vec<T>, Option<Vec<T>>) {
     let r = la.rank();
     let n_batch: usize = la.shape()[..r - 2].iter().product();
     let len = n_batch * m * n;
+    // Left uninitialized: every element is written by the products or the zero fill below.
+    let mut dy: Option<Vec<T>> = with_grad.then(|| Vec::with_capacity(len));
+    let dyp = dy.as_mut().map(|d| SendPtr(d.as_mut_ptr()));
+    let epilogue = |c: *mut T, off: usize, rows: usize, cols: usize, c0: usize| {
+        // SAFETY (of the offsets): `off` is the block's first element in `out` (and `dy`).
+        widest(BlockEpilogue {
+            c: unsafe { c.add(off) },
+            dy: dyp.map(|p| unsafe { p.0.add(off) }),
+            n,
+            rows,
+            cols,
+            bias: bias.map(|b| &b[c0..c0 + cols]),
+            act,
+        })
+    };
+    let finish = |out: Vec<T>, dy: Option<Vec<T>>| {
+        // SAFETY: every element of `dy` was written by the epilogues, and `len <= capacity`.
+        let dy = dy.map(|mut d| {
+            unsafe { d.set_len(len) };
+            d
+        });
+        (out, dy)
+    };
     if len == 0 || k == 0 {
         let mut out = crate::cpu::zeros(len);
-        if let Some(bias) = bias.filter(|_| n > 0) {
-            out.chunks_mut(n).for_each(|row| row.copy_from_slice(bias));
+        if let Some(rows) = len.checked_div(n) {
+            epilogue(out.as_mut_ptr(), 0, rows, n, 0);
         }
-        return out;
+        return finish(out, dy);
     }
     // Left uninitialized: with beta = 0, `gemm` is told not to read C, and the blocks below
     // tile every product's `m × n` result.
@@ -189,15 +278,10 @@ fn gemm_batched<T: Float>(
                     1,
                 );
             }
-            // The bias, added to the block while it is still in cache.
-            if let Some(bias) = bias {
-                for row in 0..r1 - r0 {
-                    let dst = std::slice::from_raw_parts_mut(c.0.add(c_off + row * n), c1 - c0);
-                    for (y, &b) in dst.iter_mut().zip(&bias[c0..c1]) {
-                        *y += b;
-                    }
-                }
-            }
+        }
+        // The bias and the activation, on the block while it is still in cache.
+        if bias.is_some() || act != Activation::Identity {
+            epilogue(c.0, c_off, r1 - r0, c1 - c0, c0);
         }
     };
     if threads == 1 || flops * n_batch < PAR_MIN_FLOPS {
@@ -234,14 +318,52 @@ fn gemm_batched<T: Float>(
     }
     // SAFETY: the capacity is `len`, and every element was written by `run` above.
     unsafe { out.set_len(len) };
-    out
+    finish(out, dy)
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::cpu::on_threads;
-    use crate::{DType, Tensor};
-    use rand::SeedableRng;
+    use super::*;
+    use crate::cpu::{on_threads, run_as, wide_copies, WideCopy};
+    use crate::DType;
+    use rand::{Rng, SeedableRng};
+
+    /// The product epilogue (bias, then GELU with its derivative) gives the same bits
+    /// through every copy this CPU can run, on a block narrower than its row stride with a
+    /// width that leaves vector tails.
+    #[test]
+    fn epilogue_copies_match_the_baseline_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let (rows, n, cols, c0) = (5, 40, 37, 2);
+        let c: Vec<f32> = (0..rows * n).map(|_| rng.gen_range(-12.0..12.0)).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let run = |copy, with_grad: bool| {
+            let (mut y, mut dy) = (c.clone(), vec![0.0f32; rows * n]);
+            let k = BlockEpilogue {
+                c: y[c0..].as_mut_ptr(),
+                dy: with_grad.then(|| dy[c0..].as_mut_ptr()),
+                n,
+                rows,
+                cols,
+                bias: Some(&bias[c0..c0 + cols]),
+                act: Activation::Gelu,
+            };
+            run_as(copy, k);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            (bits(&y), bits(&dy))
+        };
+        for with_grad in [false, true] {
+            let base = run(WideCopy::Baseline, with_grad);
+            // Columns outside the block are untouched.
+            assert_eq!(
+                base.0[..c0],
+                c[..c0].iter().map(|x| x.to_bits()).collect::<Vec<_>>()[..]
+            );
+            for copy in wide_copies() {
+                assert!(run(copy, with_grad) == base, "{copy:?}");
+            }
+        }
+    }
 
     /// Products split into one block per thread, with `k` above one `gemm` pass and blocks
     /// in both of `gemm`'s size classes: bit-identical on 1, 2, 3 and 5 threads (`linear`

@@ -14,5 +14,6 @@ mod softmax;
 mod unary;
 mod view;
 
+pub use linear::Activation;
 pub(crate) use linear::{check_linear, weight_dims, LinearShape};
 pub use loss::{Reduction, IGNORE_INDEX};

@@ -7,6 +7,8 @@ use crate::{Float, Result, Tensor};
 
 /// √(2/π), the constant of the tanh form of GELU.
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+/// The cubic coefficient of the tanh form of GELU.
+const GELU_CUBIC: f64 = 0.044715;
 /// 1/√2, for the erf form of GELU.
 const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
 /// 1/√(2π), the standard normal density at 0.
@@ -60,22 +62,7 @@ impl Unary {
                 |v| if v > T::zero() { v } else { T::zero() },
                 |x, _| if x > T::zero() { one } else { T::zero() },
             ),
-            Unary::GeluTanh => {
-                let (k, a, two, three) = (c(SQRT_2_OVER_PI), c(0.044715), c(2.0), c(3.0));
-                // One exponential for both the value and the derivative.
-                kernel_with(
-                    x,
-                    with_grad,
-                    |v| v * gelu_tanh_parts(v, k, a).0,
-                    |x| {
-                        let (p, e) = gelu_tanh_parts(x, k, a);
-                        (
-                            x * p,
-                            p + two * x * e * p * p * k * (one + three * a * x * x),
-                        )
-                    },
-                )
-            }
+            Unary::GeluTanh => kernel_with(x, with_grad, gelu_tanh, gelu_tanh_and_grad),
             Unary::GeluErf => {
                 let (r, r2pi) = (c(FRAC_1_SQRT_2), c(FRAC_1_SQRT_2PI));
                 kernel(
@@ -121,6 +108,26 @@ fn kernel_with<T: Float>(
     }
 }
 
+/// GELU, tanh approximation, of one value (see [`gelu_tanh_parts`]).
+#[inline(always)]
+pub(crate) fn gelu_tanh<T: Float>(x: T) -> T {
+    x * gelu_tanh_parts(x).0
+}
+
+/// GELU, tanh approximation, and its derivative at `x`, from one exponential (see
+/// [`gelu_tanh_parts`]). Shared by [`Tensor::gelu`] and the fused `linear_act`, so both give
+/// the same bits.
+#[inline(always)]
+pub(crate) fn gelu_tanh_and_grad<T: Float>(x: T) -> (T, T) {
+    let c = |v: f64| T::from_f64_lossy(v);
+    let (k, a) = (c(SQRT_2_OVER_PI), c(GELU_CUBIC));
+    let (p, e) = gelu_tanh_parts(x);
+    (
+        x * p,
+        p + c(2.0) * x * e * p * p * k * (T::one() + c(3.0) * a * x * x),
+    )
+}
+
 /// GELU-tanh through the logistic function: with `z = √(2/π)·(x + 0.044715·x³)`,
 /// `(1 + tanh z)/2 = σ(2z) = p = 1/(1 + e)` for `e = e^{−2z}`, so `gelu(x) = x·p` and
 /// `gelu'(x) = p + 2x·e·p²·√(2/π)·(1 + 3·0.044715·x²)` (using `1 − tanh² z = 4e·p²`).
@@ -129,7 +136,11 @@ fn kernel_with<T: Float>(
 /// clamped at 80, where `e ≈ 5.5·10³⁴` is still finite in f32 (no `∞·0`), and
 /// [`Float::fast_exp`] is branch-free, so the loops over this vectorize.
 #[inline(always)]
-fn gelu_tanh_parts<T: Float>(x: T, k: T, a: T) -> (T, T) {
+fn gelu_tanh_parts<T: Float>(x: T) -> (T, T) {
+    let (k, a) = (
+        T::from_f64_lossy(SQRT_2_OVER_PI),
+        T::from_f64_lossy(GELU_CUBIC),
+    );
     let w = -(k + k) * (x + a * x * x * x);
     let limit = T::from_f64_lossy(80.0);
     let e = (if w < limit { w } else { limit }).fast_exp();
