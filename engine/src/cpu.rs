@@ -299,8 +299,9 @@ pub(crate) trait Widen {
 
 /// `k.run()` compiled for the widest vector extension this CPU has (AVX-512F, else AVX2,
 /// else the baseline target), chosen at run time like [`map_pair`]'s copies, with the same
-/// bit-identical results. For row kernels (softmax) whose rows are too short to be worth
-/// splitting across threads, so that [`map_pair`]'s chunked copies do not fit.
+/// bit-identical results. For kernels that run inside an already parallel loop, one row or
+/// block at a time (the attention's softmax rows, the product epilogue, layer_norm's
+/// backward rows), where [`map_pair`]'s chunked copies do not fit.
 #[inline(always)]
 pub(crate) fn widest<K: Widen>(k: K) -> K::Output {
     #[cfg(target_arch = "x86_64")]

@@ -112,9 +112,9 @@ impl<T: Float> Backward<T> {
     }
 }
 
-/// The backward of consecutive rows (`x`, `g` and `dx` hold whole rows of length `w`'s,
-/// i.e. `acc.len() / 2`; `stats` starts at the first of them), adding into one block's
-/// partial sums `acc`. Run through [`widest`], so its loops use the CPU's full vector width.
+/// The backward of consecutive rows of length `d = acc.len() / 2` (`x`, `g` and `dx` hold
+/// whole rows; `stats` starts at the first of them), adding into one block's partial sums
+/// `acc`. Run through [`widest`], so its loops use the CPU's full vector width.
 struct BackwardRows<'a, T> {
     x: &'a [T],
     g: &'a [T],
