@@ -742,6 +742,40 @@ fn snapshot_f32(l: &SigmaReparamLinear) -> Vec<f32> {
         .collect()
 }
 
+/// A NaN or infinite weight in a training-mode forward is an error naming the weight's
+/// shape, and leaves the power-iteration state as it was: a later forward with a finite
+/// weight gives the same output as if the bad call had never happened.
+#[test]
+fn non_finite_weight_is_refused_and_leaves_the_state_alone() {
+    let w = leaf(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
+    let gamma = leaf(&[1.0], &[1]);
+    let x = t(&[0.5, -1.0, 2.0, 1.5, 0.0, -0.5], &[2, 3]);
+    let state = PowerIterState::init(&w, 1e-10, 1000).unwrap();
+    let before = snapshot(&state);
+    for bad in [f64::NAN, f64::INFINITY] {
+        let mut v = vals(&w);
+        v[4] = bad;
+        let e = sigma_reparam_linear_act(
+            &x,
+            &t(&v, &[2, 3]),
+            &gamma,
+            None,
+            &state,
+            true,
+            Activation::Gelu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[2, 3]") && e.contains("non-finite"), "{e}");
+        assert_eq!(snapshot(&state), before, "weight {bad} changed the state");
+    }
+    let y = vals(&sigma_reparam_linear(&x, &w, &gamma, None, &state, true).unwrap());
+    let fresh = PowerIterState::init(&w, 1e-10, 1000).unwrap();
+    let want = vals(&sigma_reparam_linear(&x, &w, &gamma, None, &fresh, true).unwrap());
+    assert_eq!(y, want);
+    assert!(y.iter().all(|v| v.is_finite()));
+}
+
 #[test]
 fn zero_rows_and_bad_inputs() {
     let w = leaf(&[1., 2., 3., 4., 5., 6.], &[2, 3]);

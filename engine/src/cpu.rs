@@ -291,7 +291,8 @@ unsafe fn pair_kernel_avx512<T: Float>(
 
 /// A loop to run at the CPU's full vector width through [`widest`]. Its `run` must be
 /// `#[inline(always)]`, and so must what it calls: only code inlined into each copy is
-/// compiled for that copy's width (a closure or a function pointer would not be).
+/// compiled for that copy's width, and the compiler may leave a closure or a function out
+/// of line (it did, for a softmax row loop passed as a closure).
 pub(crate) trait Widen {
     type Output;
     fn run(self) -> Self::Output;

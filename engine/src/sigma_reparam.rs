@@ -293,7 +293,9 @@ fn rows_in_place<T: Float>(t: &Tensor, f: impl Fn(usize, &mut [T]) + Sync) -> Re
 ///
 /// Errors with [`Error::ShapeMismatch`] when the last dim of `x` differs from `in`, with
 /// [`Error::InvalidArgument`] naming the shapes when `w` is not 2-D, `gamma` has more than one
-/// element, `bias` is not `[out]` or `state` does not fit `w`, and with
+/// element, `bias` is not `[out]` or `state` does not fit `w`, with
+/// [`Error::InvalidArgument`] when a training-mode power step on `w` gives a non-finite σ
+/// (a NaN or infinite weight; `state` is then left unchanged), and with
 /// [`Error::DTypeMismatch`] / [`Error::DeviceMismatch`] when the tensors disagree.
 pub fn sigma_reparam_linear(
     x: &Tensor,
@@ -346,6 +348,19 @@ pub fn sigma_reparam_linear_act(
         let wd = w.detach();
         let step = if training {
             let step = power_step(&wd, &state.u, &state.v)?;
+            // A non-finite weight would leave NaN vectors in the state for good (σ clamps to
+            // ε, so later outputs would be finite garbage): refuse it, state untouched.
+            if !step.sigma.is_finite() {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "the power step on the weight {:?} gave σ = {}: the weight has \
+                         non-finite values (the power-iteration state is left unchanged)",
+                        w.shape(),
+                        step.sigma
+                    ),
+                ));
+            }
             state.u.copy_(&step.u)?;
             state.v.copy_(&step.v)?;
             state.sigma.copy_(&Tensor::full(&[1], step.sigma, dtype))?;

@@ -72,6 +72,7 @@ pub(crate) fn check_linear(
 /// kernel ([`Tensor::linear_act`], [`crate::sigma_reparam_linear_act`]): each block of the
 /// result is transformed while still in cache, so there is no separate pass over it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Activation {
     /// No activation: the plain affine map.
     Identity,
