@@ -201,13 +201,8 @@ pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
 
 /// `(p[i], q[i]) = f(x[i])` over a contiguous slice: two outputs from one pass.
 ///
-/// This is the hottest elementwise loop of training (GELU's value and derivative), so it
-/// also has copies compiled for AVX-512F and for AVX2, the widest chosen at run time, which
-/// halve its time or better on such CPUs while the binary still targets baseline x86-64.
-/// The results are bit-identical: only the vector width changes (Rust never contracts
-/// `a·b + c` into a fused multiply-add, nor reassociates floating-point operations). The
-/// outputs are parameters of the `#[target_feature]` functions, not captures, so their
-/// no-alias guarantee survives and the inlined loop vectorizes.
+/// A hot elementwise loop of training (a unary op's value and derivative), so each chunk
+/// runs through [`widest`].
 pub(crate) fn map_pair<T: Float>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> (Vec<T>, Vec<T>) {
     let n = x.len();
     let (mut p, mut q) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -215,19 +210,7 @@ pub(crate) fn map_pair<T: Float>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> (Ve
         &mut p.spare_capacity_mut()[..n],
         &mut q.spare_capacity_mut()[..n],
     );
-    let run = |x: &[T], sp: &mut [MaybeUninit<T>], sq: &mut [MaybeUninit<T>]| {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { pair_kernel_avx512(x, sp, sq, &f) };
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { pair_kernel_avx2(x, sp, sq, &f) };
-        }
-        pair_kernel(x, sp, sq, &f)
-    };
+    let run = |x, p, q| widest(PairChunk { x, p, q, f: &f });
     if sequential(n) {
         run(x, sp, sq);
     } else {
@@ -244,49 +227,25 @@ pub(crate) fn map_pair<T: Float>(x: &[T], f: impl Fn(T) -> (T, T) + Sync) -> (Ve
     (p, q)
 }
 
-/// The loop of [`map_pair`] over one chunk, written for the compiler to vectorize.
-#[inline(always)]
-fn pair_kernel<T: Float>(
-    x: &[T],
-    sp: &mut [MaybeUninit<T>],
-    sq: &mut [MaybeUninit<T>],
-    f: &impl Fn(T) -> (T, T),
-) {
-    for ((&v, op), oq) in x.iter().zip(sp).zip(sq) {
-        let (a, b) = f(v);
-        op.write(a);
-        oq.write(b);
+/// One chunk of [`map_pair`]: `(p[i], q[i]) = f(x[i])`, written for the compiler to
+/// vectorize (`f`, a small closure, is inlined into each copy).
+struct PairChunk<'a, T, F> {
+    x: &'a [T],
+    p: &'a mut [MaybeUninit<T>],
+    q: &'a mut [MaybeUninit<T>],
+    f: &'a F,
+}
+
+impl<T: Float, F: Fn(T) -> (T, T)> Widen for PairChunk<'_, T, F> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for ((&v, op), oq) in self.x.iter().zip(self.p).zip(self.q) {
+            let (a, b) = (self.f)(v);
+            op.write(a);
+            oq.write(b);
+        }
     }
-}
-
-/// [`pair_kernel`] compiled for AVX2.
-///
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn pair_kernel_avx2<T: Float>(
-    x: &[T],
-    sp: &mut [MaybeUninit<T>],
-    sq: &mut [MaybeUninit<T>],
-    f: &impl Fn(T) -> (T, T),
-) {
-    pair_kernel(x, sp, sq, f)
-}
-
-/// [`pair_kernel`] compiled for AVX-512F.
-///
-/// # Safety
-/// The CPU must have AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn pair_kernel_avx512<T: Float>(
-    x: &[T],
-    sp: &mut [MaybeUninit<T>],
-    sq: &mut [MaybeUninit<T>],
-    f: &impl Fn(T) -> (T, T),
-) {
-    pair_kernel(x, sp, sq, f)
 }
 
 /// A loop to run at the CPU's full vector width through [`widest`]. Its `run` must be
@@ -299,10 +258,11 @@ pub(crate) trait Widen {
 }
 
 /// `k.run()` compiled for the widest vector extension this CPU has (AVX-512F, else AVX2,
-/// else the baseline target), chosen at run time like [`map_pair`]'s copies, with the same
-/// bit-identical results. For kernels that run inside an already parallel loop, one row or
-/// block at a time (the attention's softmax rows, the product epilogue, layer_norm's
-/// backward rows), where [`map_pair`]'s chunked copies do not fit.
+/// else the baseline target), chosen at run time, so the binary still targets baseline
+/// x86-64. The results are bit-identical to the baseline's: only the vector width changes
+/// (Rust never contracts `a·b + c` into a fused multiply-add, nor reassociates
+/// floating-point operations). Used per chunk or row of the hot loops: [`map_pair`], the
+/// product epilogue, the attention's softmax rows, layer_norm's backward rows.
 #[inline(always)]
 pub(crate) fn widest<K: Widen>(k: K) -> K::Output {
     #[cfg(target_arch = "x86_64")]
@@ -488,37 +448,25 @@ mod tests {
     /// length (tails included).
     #[test]
     fn map_pair_copies_match_the_scalar_loop_bit_for_bit() {
-        type Kernel<'a> =
-            Box<dyn Fn(&[f32], &mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]) + 'a>;
         let f = |v: f32| ((v * 0.5).fast_exp(), 1.0 / (1.0 + v * v) - v / 3.0);
-        let mut copies: Vec<(&str, Kernel)> =
-            vec![("baseline", Box::new(|x, p, q| pair_kernel(x, p, q, &f)))];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            copies.push((
-                "avx2",
-                Box::new(|x, p, q| unsafe { pair_kernel_avx2(x, p, q, &f) }),
-            ));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            copies.push((
-                "avx512",
-                Box::new(|x, p, q| unsafe { pair_kernel_avx512(x, p, q, &f) }),
-            ));
-        }
+        let mut copies = vec![WideCopy::Baseline];
+        copies.extend(wide_copies());
         for n in [0, 1, 7, 17, 4096, 100_003] {
             let x: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 1e-3).collect();
             let want: (Vec<f32>, Vec<f32>) = x.iter().map(|&v| f(v)).unzip();
             assert_eq!(map_pair(&x, f), want, "map_pair, n = {n}");
-            for (name, copy) in &copies {
+            for &copy in &copies {
                 let (mut p, mut q) = (
                     vec![MaybeUninit::uninit(); n],
                     vec![MaybeUninit::uninit(); n],
                 );
-                copy(&x, &mut p, &mut q);
+                let k = PairChunk {
+                    x: &x,
+                    p: &mut p,
+                    q: &mut q,
+                    f: &f,
+                };
+                run_as(copy, k);
                 // SAFETY: the copy wrote all `n` elements of both.
                 let got: (Vec<f32>, Vec<f32>) = unsafe {
                     (
@@ -526,7 +474,7 @@ mod tests {
                         q.iter().map(|v| v.assume_init()).collect(),
                     )
                 };
-                assert_eq!(got, want, "{name}, n = {n}");
+                assert_eq!(got, want, "{copy:?}, n = {n}");
             }
         }
     }

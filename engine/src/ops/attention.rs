@@ -219,11 +219,6 @@ unsafe fn assume_init<T>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
     unsafe { &mut *(x as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
-/// A vector of `n` elements for products to fill: allocated without a zero fill.
-fn for_products<T>(n: usize) -> Vec<T> {
-    Vec::with_capacity(n)
-}
-
 /// Forward for every (batch, head): returns `p` (`[b, h, t, s]`, zero above the causal
 /// diagonal) and `O` as dense `[b, t, h, dv]`. Neither is zero-filled first: the products
 /// and the softmax write every element.
@@ -235,7 +230,7 @@ fn forward<T: Float>(
     (v, lv): (&[T], &Layout),
 ) -> (Vec<T>, Vec<T>) {
     let (np, no) = (d.b * d.h * d.t * d.s, d.b * d.t * d.h * d.dv);
-    let (mut p, mut o) = (for_products::<T>(np), for_products::<T>(no));
+    let (mut p, mut o) = (Vec::with_capacity(np), Vec::<T>::with_capacity(no));
     let out = SendPtr(o.as_mut_ptr());
     p.spare_capacity_mut()[..np]
         .par_chunks_mut((d.t * d.s).max(1))
@@ -314,7 +309,11 @@ fn backward<T: Float>(
         d.b * d.s * d.h * d.dk,
         d.b * d.s * d.h * d.dv,
     );
-    let (mut dq, mut dk, mut dv) = (for_products::<T>(nq), for_products(nk), for_products(nv));
+    let (mut dq, mut dk, mut dv) = (
+        Vec::<T>::with_capacity(nq),
+        Vec::with_capacity(nk),
+        Vec::with_capacity(nv),
+    );
     let (pq, pk, pv) = (
         SendPtr(dq.as_mut_ptr()),
         SendPtr(dk.as_mut_ptr()),
