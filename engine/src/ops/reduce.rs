@@ -39,9 +39,23 @@ impl Reduce {
         }
     }
 
+    /// Reduction of a run: `LANES` interleaved partial results (so the loop vectorizes),
+    /// combined in order at the end; a run longer than [`CHUNK`] is cut into chunks.
     fn slice<T: Float>(self, x: &[T]) -> T {
+        const LANES: usize = 16;
         if x.len() <= CHUNK {
-            return x.iter().fold(self.init(), |a, &b| self.combine(a, b));
+            let mut acc = [self.init(); LANES];
+            let mut runs = x.chunks_exact(LANES);
+            for run in &mut runs {
+                for (a, &b) in acc.iter_mut().zip(run) {
+                    *a = self.combine(*a, b);
+                }
+            }
+            let rest = runs.remainder().iter();
+            return acc
+                .into_iter()
+                .chain(rest.copied())
+                .fold(self.init(), |a, b| self.combine(a, b));
         }
         let parts: Vec<T> = x.par_chunks(CHUNK).map(|c| self.slice(c)).collect();
         parts
@@ -145,6 +159,32 @@ impl Tensor {
     }
 }
 
+/// A non-contiguous `l` that is a permutation of dense data (heads split by `permute`, a
+/// transpose) as that dense layout, with `dims` renumbered, when the kept dims (of size > 1)
+/// keep their order, so the output order is unchanged and the contiguous paths of
+/// [`reduce_kernel`] apply: such views are then reduced in memory order, as PyTorch's
+/// reductions do, not offset by offset.
+fn memory_order(l: &Layout, dims: &[usize]) -> Option<(Layout, Vec<usize>)> {
+    if l.is_contiguous() {
+        return None;
+    }
+    let mut perm: Vec<usize> = (0..l.rank()).collect();
+    perm.sort_by_key(|&d| std::cmp::Reverse(l.strides()[d]));
+    let pl = l.permute(&perm);
+    let kept: Vec<usize> = perm
+        .iter()
+        .copied()
+        .filter(|d| !dims.contains(d) && l.shape()[*d] > 1)
+        .collect();
+    if !pl.is_contiguous() || !kept.is_sorted() {
+        return None;
+    }
+    let pdims = (0..perm.len())
+        .filter(|&i| dims.contains(&perm[i]))
+        .collect();
+    Some((pl, pdims))
+}
+
 /// Reduce `data` seen through `l` over the sorted `dims`; output in row-major order of the
 /// kept dims.
 fn reduce_kernel<T: Float>(data: &[T], l: &Layout, dims: &[usize], kind: Reduce) -> Vec<T> {
@@ -158,6 +198,9 @@ fn reduce_kernel<T: Float>(data: &[T], l: &Layout, dims: &[usize], kind: Reduce)
     }
     if n_red == 0 {
         return vec![kind.init(); n_out];
+    }
+    if let Some((pl, pdims)) = memory_order(l, dims) {
+        return reduce_kernel(data, &pl, &pdims, kind);
     }
     if let Some(r) = l.contiguous_range() {
         let x = &data[r];
@@ -228,5 +271,54 @@ fn reduce_kernel<T: Float>(data: &[T], l: &Layout, dims: &[usize], kind: Reduce)
         bases.par_iter().map(one).collect()
     } else {
         bases.iter().map(one).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    /// Sums and maxima of permuted views, over every subset of dims, equal those of their
+    /// contiguous copies (integer values, so every summation order is exact), whether or not
+    /// the view can be reduced in memory order.
+    #[test]
+    fn permuted_views_reduce_like_their_copies() {
+        let shape = [3, 4, 5, 2];
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|i| ((i * 37) % 23) as f64 - 11.0).collect();
+        let x = Tensor::from_f64s(&v, &shape, DType::F64).unwrap();
+        for perm in [[0, 2, 1, 3], [3, 2, 1, 0], [1, 0, 3, 2], [0, 1, 3, 2]] {
+            let view = x.permute(&perm).unwrap();
+            let copy = view.contiguous().unwrap();
+            assert!(!view.layout().is_contiguous());
+            for mask in 1..16usize {
+                let dims: Vec<usize> = (0..4).filter(|d| mask >> d & 1 == 1).collect();
+                for keepdim in [false, true] {
+                    let (a, b) = (
+                        view.sum(&dims, keepdim).unwrap(),
+                        copy.sum(&dims, keepdim).unwrap(),
+                    );
+                    assert_eq!(a.shape(), b.shape(), "{perm:?} {dims:?}");
+                    assert_eq!(a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+                    let (a, b) = (
+                        view.max(&dims, keepdim).unwrap(),
+                        copy.max(&dims, keepdim).unwrap(),
+                    );
+                    assert_eq!(a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+                }
+            }
+        }
+        // A full reduction of a permuted view runs over the dense data in memory order.
+        let view = x.permute(&[3, 1, 0, 2]).unwrap();
+        let (pl, pdims) = memory_order(view.layout(), &[0, 1, 2, 3]).unwrap();
+        assert!(pl.is_contiguous());
+        assert_eq!(pdims, [0, 1, 2, 3]);
+        assert_eq!(
+            view.sum_all().unwrap().to_vec_f64().unwrap(),
+            [v.iter().sum::<f64>()]
+        );
+        // Kept dims out of memory order: no reordering (the output order would change).
+        assert!(memory_order(x.t().unwrap().layout(), &[]).is_none());
     }
 }
