@@ -39,24 +39,41 @@ impl Reduce {
         }
     }
 
-    /// Reduction of a run: `LANES` interleaved partial results (so the loop vectorizes),
-    /// combined in order at the end; a run longer than [`CHUNK`] is cut into chunks.
+    /// `L` partial results over interleaved elements of `x`, combined in order at the end.
+    #[inline(never)]
+    fn lanes<T: Float, const L: usize>(self, x: &[T]) -> T {
+        let mut acc = [self.init(); L];
+        let mut runs = x.chunks_exact(L);
+        for run in &mut runs {
+            for (a, &b) in acc.iter_mut().zip(run) {
+                *a = self.combine(*a, b);
+            }
+        }
+        let rest = runs.remainder().iter().copied();
+        acc.into_iter()
+            .chain(rest)
+            .fold(self.init(), |a, b| self.combine(a, b))
+    }
+
+    /// Reduction of a run: in order when short (`LANES` partial results cost more there
+    /// than they save), else in `LANES` interleaved partial results (so the loop
+    /// vectorizes) combined in order at the end; a run longer than [`CHUNK`] is cut into
+    /// chunks.
+    #[inline(always)]
     fn slice<T: Float>(self, x: &[T]) -> T {
         const LANES: usize = 16;
-        if x.len() <= CHUNK {
-            let mut acc = [self.init(); LANES];
-            let mut runs = x.chunks_exact(LANES);
-            for run in &mut runs {
-                for (a, &b) in acc.iter_mut().zip(run) {
-                    *a = self.combine(*a, b);
-                }
-            }
-            let rest = runs.remainder().iter();
-            return acc
-                .into_iter()
-                .chain(rest.copied())
-                .fold(self.init(), |a, b| self.combine(a, b));
+        if x.len() < 4 * LANES {
+            x.iter().fold(self.init(), |a, &b| self.combine(a, b))
+        } else if x.len() <= CHUNK {
+            self.lanes::<T, LANES>(x)
+        } else {
+            self.chunks(x)
         }
+    }
+
+    /// A run longer than [`CHUNK`]: chunks reduced in parallel, combined in order.
+    #[inline(never)]
+    fn chunks<T: Float>(self, x: &[T]) -> T {
         let parts: Vec<T> = x.par_chunks(CHUNK).map(|c| self.slice(c)).collect();
         parts
             .into_iter()
@@ -320,5 +337,29 @@ mod tests {
         );
         // Kept dims out of memory order: no reordering (the output order would change).
         assert!(memory_order(x.t().unwrap().layout(), &[]).is_none());
+    }
+
+    /// Runs long enough for the interleaved lanes (and one past `CHUNK`) give the exact sum
+    /// and maximum, and a NaN anywhere in a run gives NaN.
+    #[test]
+    fn long_runs_reduce_exactly_and_propagate_nan() {
+        for len in [63, 64, 65, 100, 1000, CHUNK + 17] {
+            let v: Vec<f64> = (0..2 * len)
+                .map(|i| ((i * 13) % 29) as f64 - 14.0)
+                .collect();
+            let x = Tensor::from_f64s(&v, &[2, len], DType::F64).unwrap();
+            let sums: Vec<f64> = v.chunks(len).map(|r| r.iter().sum()).collect();
+            assert_eq!(x.sum(&[1], false).unwrap().to_vec_f64().unwrap(), sums);
+            let maxes: Vec<f64> = v
+                .chunks(len)
+                .map(|r| r.iter().copied().fold(f64::MIN, f64::max))
+                .collect();
+            assert_eq!(x.max(&[1], false).unwrap().to_vec_f64().unwrap(), maxes);
+            let mut w = v.clone();
+            w[len + len / 2 + 1] = f64::NAN;
+            let y = Tensor::from_f64s(&w, &[2, len], DType::F64).unwrap();
+            let m = y.max(&[1], false).unwrap().to_vec_f64().unwrap();
+            assert!(m[0] == maxes[0] && m[1].is_nan(), "{len}: {m:?}");
+        }
     }
 }
