@@ -291,7 +291,9 @@ fn gemm_batched<T: Float>(
     };
     if threads == 1 || flops * n_batch < PAR_MIN_FLOPS {
         (0..n_batch).for_each(|i| run(i, (0, m), (0, n)));
-    } else if n_batch >= threads {
+    } else if n_batch >= threads || m == 1 || n == 1 {
+        // A product with a single row or column stays whole: `gemm` computes it with a
+        // vector kernel whose rounding depends on where a block starts.
         (0..n_batch)
             .into_par_iter()
             .for_each(|i| run(i, (0, m), (0, n)));
@@ -431,6 +433,8 @@ mod tests {
             (256, 700, 64),
             (65, 3000, 8),
             (9, 1500, 120),
+            (1, 1100, 257),
+            (257, 1100, 1),
         ] {
             let a = Tensor::randn(&[m, k], 0.0, 1.0, DType::F32, &mut rng);
             let b = Tensor::randn(&[k, n], 0.0, 1.0, DType::F32, &mut rng);
