@@ -340,8 +340,8 @@ pub(crate) fn run_as<K: Widen>(copy: WideCopy, k: K) -> K::Output {
     }
 }
 
-/// Lanes of the partial sums of [`lane_sum`] and [`lane_dot`] (and of softmax's row
-/// maxima): independent accumulators let the loops vectorize, and the fixed count keeps
+/// Lanes of the partial sums of [`lane_sum`] and [`lane_dot`] (and of softmax's row maxima
+/// and the `sum`/`max` reductions): independent accumulators let the loops vectorize, and the fixed count keeps
 /// results independent of the machine.
 pub(crate) const LANES: usize = 8;
 

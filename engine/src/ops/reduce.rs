@@ -3,6 +3,7 @@
 //! Results never depend on the thread count: each output is reduced by one thread, and a
 //! long reduction is cut into fixed-size chunks whose partial results combine in order.
 
+use crate::cpu::{lane_sum, LANES};
 use crate::dtype::with_dtype;
 use crate::layout::Layout;
 use crate::{Error, Float, Result, Tensor};
@@ -39,35 +40,27 @@ impl Reduce {
         }
     }
 
-    /// `L` partial results over interleaved elements of `x`, combined in order at the end.
-    #[inline(never)]
-    fn lanes<T: Float, const L: usize>(self, x: &[T]) -> T {
-        let mut acc = [self.init(); L];
-        let mut runs = x.chunks_exact(L);
-        for run in &mut runs {
-            for (a, &b) in acc.iter_mut().zip(run) {
-                *a = self.combine(*a, b);
-            }
-        }
-        let rest = runs.remainder().iter().copied();
-        acc.into_iter()
-            .chain(rest)
-            .fold(self.init(), |a, b| self.combine(a, b))
-    }
-
-    /// Reduction of a run: in order when short (`LANES` partial results cost more there
-    /// than they save), else in `LANES` interleaved partial results (so the loop
-    /// vectorizes) combined in order at the end; a run longer than [`CHUNK`] is cut into
-    /// chunks.
+    /// Reduction of a run: in order when short (lanes cost more there than they save), in
+    /// [`LANES`] interleaved partial results (so the loop vectorizes) combined in order at
+    /// the end up to [`CHUNK`], and in chunks beyond.
     #[inline(always)]
     fn slice<T: Float>(self, x: &[T]) -> T {
-        const LANES: usize = 16;
         if x.len() < 4 * LANES {
             x.iter().fold(self.init(), |a, &b| self.combine(a, b))
         } else if x.len() <= CHUNK {
-            self.lanes::<T, LANES>(x)
+            self.lanes(x)
         } else {
             self.chunks(x)
+        }
+    }
+
+    /// A run of `4·LANES` to [`CHUNK`] elements, in [`LANES`] interleaved partial results
+    /// (out of line, so that the short path of [`Reduce::slice`] stays small).
+    #[inline(never)]
+    fn lanes<T: Float>(self, x: &[T]) -> T {
+        match self {
+            Reduce::Sum => lane_sum(x, |v| v),
+            Reduce::Max => lane_max(x),
         }
     }
 
@@ -79,6 +72,24 @@ impl Reduce {
             .into_iter()
             .fold(self.init(), |a, b| self.combine(a, b))
     }
+}
+
+/// The maximum of `x` in [`LANES`] interleaved partial maxima, combined in order; a NaN
+/// anywhere gives NaN (as [`Reduce::Max`], unlike softmax's row maximum, which skips NaN).
+#[inline(always)]
+fn lane_max<T: Float>(x: &[T]) -> T {
+    let max = Reduce::Max;
+    let mut acc = [max.init(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = max.combine(*a, v);
+        }
+    }
+    acc.into_iter()
+        .chain(tail.iter().copied())
+        .fold(max.init(), |a, b| max.combine(a, b))
 }
 
 impl Tensor {
@@ -343,7 +354,7 @@ mod tests {
     /// and maximum, and a NaN anywhere in a run gives NaN.
     #[test]
     fn long_runs_reduce_exactly_and_propagate_nan() {
-        for len in [63, 64, 65, 100, 1000, CHUNK + 17] {
+        for len in [31, 32, 33, 63, 64, 65, 100, 1000, CHUNK + 17] {
             let v: Vec<f64> = (0..2 * len)
                 .map(|i| ((i * 13) % 29) as f64 - 14.0)
                 .collect();
