@@ -4,7 +4,8 @@
 //! backward alone, and forward + backward:
 //!
 //! - `lm_step/{pre-ln,sigma-reparam}/…`: the model's loss, then the full step (forward,
-//!   backward, gradient clipping, AdamW, zero_grad) as `tasks::lm` runs it;
+//!   backward, gradient clipping, AdamW, zero_grad) through the trainer's own
+//!   `tasks::train::optimize`;
 //! - `causal_attention/{composed,fused}/…`: `softmax(q kᵀ/√d + mask) v` for q, k, v
 //!   `[16, 4, 128, 64]`, from separate ops and as `scaled_dot_product_attention`;
 //! - `layer_norm/…` over `[2048, 256]` with weight and bias;
@@ -16,28 +17,31 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use engine::{no_grad, DType, Reduction, Tensor};
-use nn::{clip_grad_norm, AdamW, Gpt, ModuleExt, Optimizer};
+use nn::{Gpt, ModuleExt, Optimizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
-use tasks::lm::{RunConfig, Variant};
+use tasks::lm::{Lm, LmConfig};
+use tasks::train::{build_optimizer, optimize, StepOutcome, Task, TrainConfig, Variant};
 
 const BATCH: usize = 16;
 const SEQ: usize = 128;
 const VOCAB: usize = 80;
 
-/// The default `lm` model of a variant (entropy recording off) with `lm`'s optimizer.
-fn model_and_optimizer(variant: Variant) -> (Gpt, AdamW) {
-    let cfg = RunConfig::defaults(variant, PathBuf::new());
+/// The default `lm` model of a variant (entropy recording off) with the trainer's optimizer
+/// and `lm`'s recipe.
+fn model_and_optimizer(variant: Variant) -> (Gpt, Box<dyn Optimizer>, TrainConfig) {
+    let train = Lm::defaults(variant);
+    let cfg = LmConfig::new(PathBuf::new());
     let model = Gpt::new(
-        cfg.gpt_config(VOCAB),
+        cfg.gpt_config(&train, VOCAB),
         DType::F32,
         &mut ChaCha8Rng::seed_from_u64(0),
     )
     .unwrap();
     model.set_record_entropy(false);
-    let opt = cfg.optimizer(&model).unwrap();
-    (model, opt)
+    let opt = build_optimizer(&train, &model).unwrap();
+    (model, opt, train)
 }
 
 fn lm_step(c: &mut Criterion) {
@@ -50,7 +54,7 @@ fn lm_step(c: &mut Criterion) {
         ("pre-ln", Variant::PreLn),
         ("sigma-reparam", Variant::SigmaReparam),
     ] {
-        let (model, mut opt) = model_and_optimizer(variant);
+        let (model, mut opt, train) = model_and_optimizer(variant);
         let params: Vec<Tensor> = model.parameters();
         let loss = |rng: &mut ChaCha8Rng| model.loss(&ids, &targets, BATCH, SEQ, rng).unwrap();
         group.bench_function(format!("{name}/forward_no_grad"), |b| {
@@ -70,11 +74,8 @@ fn lm_step(c: &mut Criterion) {
         group.bench_function(format!("{name}/train_step"), |b| {
             b.iter(|| {
                 let l = loss(&mut rng);
-                l.item().unwrap();
-                l.backward().unwrap();
-                clip_grad_norm(&params, 1.0).unwrap();
-                opt.step().unwrap();
-                opt.zero_grad();
+                let step = optimize(&l, &params, opt.as_mut(), train.grad_clip, train.max_loss);
+                assert!(matches!(step.unwrap(), StepOutcome::Updated { .. }));
             })
         });
     }

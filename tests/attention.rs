@@ -1,6 +1,7 @@
 //! The fused `scaled_dot_product_attention`: finite-difference gradient checks (f64) and
 //! agreement, in values and gradients, with the same attention composed of `matmul`,
-//! `mul_scalar`, a `-inf` mask, `softmax` and `matmul`.
+//! `mul_scalar`, a `-inf` mask, `softmax` and `matmul`; the attention entropy of
+//! `scaled_dot_product_attention_with_entropy` against that of the composed probabilities.
 
 use engine::{gradcheck, DType, Error, Result, Tensor};
 use rand::SeedableRng;
@@ -33,8 +34,8 @@ fn split(x: &Tensor, h: usize) -> Tensor {
         .unwrap()
 }
 
-/// The reference: `softmax(scale · q kᵀ + mask) v` from separate ops.
-fn composed(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> Result<Tensor> {
+/// The reference probabilities `softmax(scale · q kᵀ + mask)` from separate ops.
+fn composed_probs(q: &Tensor, k: &Tensor, causal: bool, scale: f64) -> Result<Tensor> {
     let (t, s) = (q.shape()[2], k.shape()[2]);
     let mut scores = q.matmul(&k.transpose(2, 3)?)?.mul_scalar(scale)?;
     if causal {
@@ -49,11 +50,30 @@ fn composed(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> Res
             .collect();
         scores = scores.add(&Tensor::from_f64s(&mask, &[t, s], q.dtype())?)?;
     }
-    scores.softmax(3)?.matmul(v)
+    scores.softmax(3)
+}
+
+/// The reference: `softmax(scale · q kᵀ + mask) v` from separate ops.
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> Result<Tensor> {
+    composed_probs(q, k, causal, scale)?.matmul(v)
 }
 
 fn fused(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> Result<Tensor> {
     q.scaled_dot_product_attention(k, v, causal, scale)
+}
+
+/// The output of the op that also returns the entropy.
+fn fused_with_entropy(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    scale: f64,
+) -> Result<Tensor> {
+    Ok(
+        q.scaled_dot_product_attention_with_entropy(k, v, causal, scale)?
+            .0,
+    )
 }
 
 fn assert_close(got: &[f64], want: &[f64], tol: f64) {
@@ -131,6 +151,118 @@ fn gradcheck_causal_with_more_or_fewer_keys_than_queries() {
 #[test]
 fn gradcheck_full_attention() {
     check([4, 6, 6], [3, 3, 2], false);
+}
+
+#[test]
+fn gradcheck_with_entropy() {
+    for causal in [true, false] {
+        let inputs = leaves(2, 2, [5, 6, 6], [3, 3, 2]);
+        let f = |x: &[Tensor]| fused_with_entropy(&x[0], &x[1], &x[2], causal, 0.7);
+        let report = gradcheck(f, &inputs).unwrap();
+        assert_eq!(
+            report.checked,
+            inputs.iter().map(Tensor::numel).sum::<usize>()
+        );
+    }
+}
+
+/// The entropy per head equals that of the composed probabilities (`nn`'s
+/// `mean_entropy_per_head`), causal or not, with as many, more or fewer keys than queries
+/// and 70 queries crossing two causal row blocks, on strided (head-split) inputs.
+#[test]
+fn entropy_is_that_of_the_composed_probabilities() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
+        for causal in [true, false] {
+            for lens in [[70, 70, 70], [4, 7, 7], [7, 4, 4]] {
+                let x: Vec<Tensor> = merged(2, 3, lens, [8, 8, 5], dtype)
+                    .iter()
+                    .map(|l| split(l, 3))
+                    .collect();
+                let (y, entropy) = x[0]
+                    .scaled_dot_product_attention_with_entropy(&x[1], &x[2], causal, 0.3)
+                    .unwrap();
+                assert_eq!(y.shape(), [2, 3, lens[0], 5]);
+                let p = composed_probs(&x[0], &x[1], causal, 0.3).unwrap();
+                let want = nn::attention::mean_entropy_per_head(&p).unwrap();
+                assert_eq!(entropy.len(), 3);
+                for (e, w) in entropy.iter().zip(&want) {
+                    assert!(
+                        (e - w).abs() <= tol,
+                        "{dtype:?} causal {causal} {lens:?}: {e} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Zero queries give uniform rows: each row's entropy is the log of the keys it sees, so
+/// the mean is `ln S` for full attention and the mean of `ln(min(i+1, S))` causal.
+#[test]
+fn entropy_of_uniform_rows_is_the_log_of_the_visible_keys() {
+    let (t, s) = (6, 4);
+    let q = Tensor::zeros(&[2, 2, t, 3], DType::F64);
+    let (k, v) = (
+        randn(&[2, 2, s, 3], DType::F64, 1),
+        randn(&[2, 2, s, 2], DType::F64, 2),
+    );
+    for causal in [true, false] {
+        let (_, entropy) = q
+            .scaled_dot_product_attention_with_entropy(&k, &v, causal, 1.0)
+            .unwrap();
+        let want = if causal {
+            (0..t).map(|i| ((i + 1).min(s) as f64).ln()).sum::<f64>() / t as f64
+        } else {
+            (s as f64).ln()
+        };
+        for e in entropy {
+            assert!((e - want).abs() < 1e-12, "causal {causal}: {e} vs {want}");
+        }
+    }
+}
+
+/// Asking for the entropy does not change the math: output and gradients are the same
+/// bits as without it.
+#[test]
+fn entropy_leaves_output_and_gradients_bit_identical() {
+    for dtype in [DType::F64, DType::F32] {
+        for causal in [true, false] {
+            let x = merged(2, 3, [70, 70, 70], [8, 8, 5], dtype);
+            let plain = values_and_grads(fused, &x, 3, causal);
+            let with_entropy = values_and_grads(fused_with_entropy, &x, 3, causal);
+            assert_eq!(plain, with_entropy, "{dtype:?} causal {causal}");
+        }
+    }
+}
+
+/// The entropy (and the output) are the same bits on 1 and 3 threads.
+#[test]
+fn entropy_is_the_same_bits_at_any_thread_count() {
+    let x: Vec<Tensor> = merged(3, 4, [70, 70, 70], [8, 8, 8], DType::F32)
+        .iter()
+        .map(|l| split(l, 4))
+        .collect();
+    for causal in [true, false] {
+        let run = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let (y, entropy) = x[0]
+                        .scaled_dot_product_attention_with_entropy(&x[1], &x[2], causal, 0.3)
+                        .unwrap();
+                    let y: Vec<u32> = y
+                        .to_vec::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect();
+                    (y, entropy.iter().map(|e| e.to_bits()).collect::<Vec<_>>())
+                })
+        };
+        assert_eq!(run(1), run(3), "causal {causal}");
+    }
 }
 
 #[test]
@@ -230,6 +362,9 @@ fn bad_shapes_and_arguments_are_errors() {
     // Rank 3 (named as such), then different d_k, different S, different heads.
     let rank3 = randn(&[2, 3, 4], DType::F64, 3).scaled_dot_product_attention(&k, &v, false, 0.5);
     assert!(rank3.unwrap_err().to_string().contains("rank 4"));
+    let rank3 = randn(&[2, 3, 4], DType::F64, 3)
+        .scaled_dot_product_attention_with_entropy(&k, &v, false, 0.5);
+    assert!(rank3.unwrap_err().to_string().contains("rank 4"));
     assert!(shape_err(q.scaled_dot_product_attention(
         &randn(&[1, 2, 5, 3], DType::F64, 4),
         &v,
@@ -283,4 +418,9 @@ fn bad_shapes_and_arguments_are_errors() {
             .shape(),
         [0, 2, 3, 6]
     );
+    // ...and there is no row to average: the entropy of each head is 0.
+    let (_, entropy) = q0
+        .scaled_dot_product_attention_with_entropy(&k00, &v00, true, 0.5)
+        .unwrap();
+    assert_eq!(entropy, [0.0, 0.0]);
 }

@@ -1,10 +1,13 @@
-//! Causal multi-head self-attention that reports its attention entropy, and the lower bound
-//! of that entropy from Theorem 3.1 of Zhai et al. (ICML 2023, arXiv 2303.06296).
+//! Multi-head self-attention, causal or bidirectional, that reports its attention entropy,
+//! and the lower bound of that entropy from Theorem 3.1 of Zhai et al. (ICML 2023, arXiv
+//! 2303.06296).
 //!
 //! Attention entropy, the paper's central diagnostic: for attention probabilities `A` (rows
 //! sum to 1), `Ent(A_i) = −Σ_j A_ij ln A_ij`, reported per head as the mean over query
-//! positions and examples. It is taken from the softmax output of the forward pass itself,
-//! before dropout, with no extra pass; masked keys have probability exactly 0 and add
+//! positions and examples. It is taken from the probabilities the forward pass itself
+//! computes, before dropout, with no second product: from the fused op
+//! ([`Tensor::scaled_dot_product_attention_with_entropy`]), or from the separate softmax
+//! when attention dropout is active. Masked keys have probability exactly 0 and add
 //! nothing.
 
 use crate::module::join;
@@ -123,20 +126,22 @@ fn effective_weight(l: &LinearLayer) -> Result<Vec<f64>> {
     })
 }
 
-/// Causal multi-head self-attention (Vaswani et al. 2017) with separate query, key, value
-/// and output projections, each plain or σReparam.
+/// Multi-head self-attention (Vaswani et al. 2017) with separate query, key, value and
+/// output projections, each plain or σReparam.
 ///
-/// Submodules: `q`, `k`, `v`, `proj` (all `[d_model, d_model]` with bias). Query `i`
-/// attends to keys `0..=i`. Every forward in which recording is on (the default) stores the
-/// mean attention entropy per head ([`CausalSelfAttention::entropy`]) and keeps the input
-/// for [`CausalSelfAttention::entropy_bound`].
+/// Submodules: `q`, `k`, `v`, `proj` (all `[d_model, d_model]` with bias). When `causal`,
+/// query `i` attends to keys `0..=i` (a decoder, as GPT); otherwise every query attends to
+/// every key (bidirectional, as a ViT or speech encoder). Every forward in which recording
+/// is on (the default) stores the mean attention entropy per head
+/// ([`SelfAttention::entropy`]) and keeps the input for [`SelfAttention::entropy_bound`].
 #[derive(Debug)]
-pub struct CausalSelfAttention {
+pub struct SelfAttention {
     q: LinearLayer,
     k: LinearLayer,
     v: LinearLayer,
     proj: LinearLayer,
     n_heads: usize,
+    causal: bool,
     attn_drop: Dropout,
     record: AtomicBool,
     entropy: Mutex<Vec<f64>>,
@@ -144,13 +149,15 @@ pub struct CausalSelfAttention {
     mask: Mutex<Option<Tensor>>,
 }
 
-impl CausalSelfAttention {
-    /// Projections built by `make(in, out)` (so the caller picks plain or σReparam);
-    /// `dropout` applies to the attention probabilities. Errors when `d_model` is not a
-    /// multiple of `n_heads` or `n_heads` is 0.
+impl SelfAttention {
+    /// Attention over `n_heads` heads of width `d_model / n_heads`, with the causal mask
+    /// when `causal`; projections built by `make(in, out)` (so the caller picks plain or
+    /// σReparam); `dropout` applies to the attention probabilities. Errors when `d_model`
+    /// is not a multiple of `n_heads`, `n_heads` is 0 or `dropout` ∉ [0, 1).
     pub fn new(
         d_model: usize,
         n_heads: usize,
+        causal: bool,
         dropout: f64,
         mut make: impl FnMut(usize, usize) -> Result<LinearLayer>,
     ) -> Result<Self> {
@@ -159,12 +166,13 @@ impl CausalSelfAttention {
                 "d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})"
             )));
         }
-        Ok(CausalSelfAttention {
+        Ok(SelfAttention {
             q: make(d_model, d_model)?,
             k: make(d_model, d_model)?,
             v: make(d_model, d_model)?,
             proj: make(d_model, d_model)?,
             n_heads,
+            causal,
             attn_drop: Dropout::new(dropout)?,
             record: AtomicBool::new(true),
             entropy: Mutex::new(Vec::new()),
@@ -213,34 +221,42 @@ impl CausalSelfAttention {
         let q = heads(self.q.forward(x)?)?;
         let k = heads(self.k.forward(x)?)?;
         let v = heads(self.v.forward(x)?)?;
-        if self.record.load(Ordering::Relaxed) {
-            let p = engine::no_grad(|| self.probs(&q, &k, scale))?;
-            *self.entropy.lock().expect("entropy lock poisoned") = mean_entropy_per_head(&p)?;
+        let record = self.record.load(Ordering::Relaxed);
+        // The fused op unless dropout must act on the probabilities in between; the entropy
+        // comes from the probabilities the output is computed from, before dropout.
+        let (y, entropy) = if self.attn_drop.is_active() {
+            let p = self.probs(&q, &k, scale)?;
+            let entropy = record.then(|| mean_entropy_per_head(&p)).transpose()?;
+            (self.attn_drop.forward(&p, rng)?.matmul(&v)?, entropy)
+        } else if record {
+            let (y, e) = q.scaled_dot_product_attention_with_entropy(&k, &v, self.causal, scale)?;
+            (y, Some(e))
+        } else {
+            let y = q.scaled_dot_product_attention(&k, &v, self.causal, scale)?;
+            (y, None)
+        };
+        if let Some(entropy) = entropy {
+            *self.entropy.lock().expect("entropy lock poisoned") = entropy;
             *self.last_input.lock().expect("input lock poisoned") = Some(x.detach());
         }
-        // The fused op unless dropout must act on the probabilities in between.
-        let y = if self.attn_drop.is_active() {
-            let p = self.attn_drop.forward(&self.probs(&q, &k, scale)?, rng)?;
-            p.matmul(&v)?
-        } else {
-            q.scaled_dot_product_attention(&k, &v, true, scale)?
-        };
         self.proj
             .forward(&y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?)
     }
 
-    /// Causal attention probabilities `softmax(scale · q kᵀ + mask)` `[batch, heads, t, t]`
+    /// Attention probabilities `softmax(scale · q kᵀ (+ causal mask))` `[batch, heads, t, t]`
     /// from heads `[batch, heads, t, d_head]`, as separate differentiable ops.
     fn probs(&self, q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
-        let t = q.shape()[2];
-        Ok(q.matmul(&k.transpose(2, 3)?)?
-            .mul_scalar(scale)?
-            .add(&self.mask(t, q.dtype())?)?
-            .softmax(3)?)
+        let scores = q.matmul(&k.transpose(2, 3)?)?.mul_scalar(scale)?;
+        let scores = if self.causal {
+            scores.add(&self.mask(q.shape()[2], q.dtype())?)?
+        } else {
+            scores
+        };
+        Ok(scores.softmax(3)?)
     }
 
-    /// Turn entropy recording on or off (off saves a pass over the probabilities on steps
-    /// that are not logged).
+    /// Turn entropy recording on or off (off skips the entropy sums and keeping the input
+    /// on steps that are not logged).
     pub fn set_record(&self, on: bool) {
         self.record.store(on, Ordering::Relaxed);
         if !on {
@@ -255,10 +271,11 @@ impl CausalSelfAttention {
 
     /// The Theorem 3.1 lower bound of the mean attention entropy per head for the last
     /// recorded input `X` (each sequence separately): `s_h = ‖W_Q^h W_K^hᵀ‖₂/√d_head ·
-    /// ‖X‖₂²` from the effective (σReparam-scaled) weights, biases ignored. Query `i` of a
-    /// causal row sees `i+1` keys, so the bound is averaged over rows with `T = i+1` (using
-    /// the whole sequence's `‖X‖₂`, which only loosens it), then over sequences. `None`
-    /// before any recorded forward.
+    /// ‖X‖₂²` from the effective (σReparam-scaled) weights, biases ignored. Bidirectional:
+    /// every row sees all `T` keys, so the bound is the full-row bound with `T`. Causal:
+    /// query `i` sees `i+1` keys, so the bound is averaged over rows with `T = i+1` (using
+    /// the whole sequence's `‖X‖₂`, which only loosens it). Then averaged over sequences.
+    /// `None` before any recorded forward.
     pub fn entropy_bound(&self) -> Result<Option<Vec<f64>>> {
         let Some(x) = self.last_input.lock().expect("input lock poisoned").clone() else {
             return Ok(None);
@@ -291,7 +308,11 @@ impl CausalSelfAttention {
             let x_sq = top_eigenvalue(d, |v| matvec_t(xb, t, d, &matvec(xb, t, d, v)));
             for (o, &m) in out.iter_mut().zip(&qk_norm) {
                 let sv = m * x_sq;
-                *o += (1..=t).map(|n| entropy_lower_bound(n, sv)).sum::<f64>() / t as f64;
+                *o += if self.causal {
+                    (1..=t).map(|n| entropy_lower_bound(n, sv)).sum::<f64>() / t as f64
+                } else {
+                    entropy_lower_bound(t, sv)
+                };
             }
         }
         Ok(Some(out.into_iter().map(|v| v / b as f64).collect()))
@@ -308,7 +329,7 @@ impl CausalSelfAttention {
     }
 }
 
-impl Module for CausalSelfAttention {
+impl Module for SelfAttention {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor, TensorRole)) {
         for (name, l) in self.linears() {
             l.visit(&join(prefix, name), f);
@@ -352,39 +373,133 @@ mod tests {
         assert!((entropy_lower_bound(16, 5.0) - 0.490).abs() < 1e-3);
     }
 
-    #[test]
-    fn forward_is_causal_and_records_entropy_below_the_bound() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let attn = CausalSelfAttention::new(8, 2, 0.0, |i, o| {
-            LinearLayer::new(
-                LinearKind::Plain,
-                i,
-                o,
-                true,
-                DType::F64,
-                &mut rand_chacha::ChaCha8Rng::seed_from_u64((i * 31 + o) as u64),
-            )
+    /// Two heads on `d_model` 8, plain f64 projections drawn from one seeded rng.
+    fn attention(causal: bool, dropout: f64) -> SelfAttention {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        SelfAttention::new(8, 2, causal, dropout, |i, o| {
+            LinearLayer::new(LinearKind::Plain, i, o, true, DType::F64, &mut rng)
         })
-        .unwrap();
-        let x = Tensor::randn(&[2, 5, 8], 0.0, 1.0, DType::F64, &mut rng);
-        let y = attn.forward(&x, &mut rng).unwrap();
-        assert_eq!(y.shape(), &[2, 5, 8]);
-        // Changing the last position must not change earlier outputs.
-        let mut xv = x.to_vec_f64().unwrap();
-        for d in 0..8 {
-            xv[4 * 8 + d] += 1.0;
+        .unwrap()
+    }
+
+    /// `x` with every feature of position `pos` (of every sequence) moved by 1.
+    fn bump(x: &Tensor, pos: usize) -> Tensor {
+        let &[b, t, d] = x.shape() else {
+            panic!("rank 3")
+        };
+        let mut v = x.to_vec_f64().unwrap();
+        for s in 0..b {
+            v[(s * t + pos) * d..(s * t + pos + 1) * d]
+                .iter_mut()
+                .for_each(|e| *e += 1.0);
         }
-        let x2 = Tensor::from_f64s(&xv, &[2, 5, 8], DType::F64).unwrap();
-        let y2 = attn.forward(&x2, &mut rng).unwrap();
-        let (a, b) = (y.to_vec_f64().unwrap(), y2.to_vec_f64().unwrap());
-        assert_eq!(a[..32], b[..32]);
-        let ent = attn.entropy();
-        let bound = attn.entropy_bound().unwrap().unwrap();
-        assert_eq!(ent.len(), 2);
-        // Mean over causal rows of ln(i+1) is the maximum.
-        let max = (1..=5).map(|n| (n as f64).ln()).sum::<f64>() / 5.0;
-        for (e, lb) in ent.iter().zip(&bound) {
-            assert!(*lb <= *e + 1e-9 && *e <= max + 1e-9, "{lb} ≤ {e} ≤ {max}");
+        Tensor::from_f64s(&v, x.shape(), x.dtype()).unwrap()
+    }
+
+    #[test]
+    fn only_bidirectional_attention_lets_earlier_positions_see_later_ones() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let x = Tensor::randn(&[2, 5, 8], 0.0, 1.0, DType::F64, &mut rng);
+        for causal in [true, false] {
+            let attn = attention(causal, 0.0);
+            let y = attn.forward(&x, &mut rng).unwrap().to_vec_f64().unwrap();
+            let y2 = attn
+                .forward(&bump(&x, 4), &mut rng)
+                .unwrap()
+                .to_vec_f64()
+                .unwrap();
+            assert_eq!(y.len(), 2 * 5 * 8);
+            for s in 0..2 {
+                let (early, last) = (s * 40..s * 40 + 32, s * 40 + 32..(s + 1) * 40);
+                assert_eq!(y[early.clone()] == y2[early], causal, "causal {causal}");
+                assert_ne!(y[last.clone()], y2[last]);
+            }
+        }
+    }
+
+    /// With `X = 0` the scores are the same constant for every key (biases only), so every
+    /// row is uniform over the keys it sees: entropy and bound (`s = 0`) are both `ln T`
+    /// bidirectional and the mean of `ln(i+1)` causal.
+    #[test]
+    fn entropy_and_bound_are_ln_t_for_uniform_rows() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let x = Tensor::zeros(&[2, 5, 8], DType::F64);
+        for causal in [true, false] {
+            let attn = attention(causal, 0.0);
+            assert!(attn.entropy().is_empty());
+            assert!(attn.entropy_bound().unwrap().is_none());
+            attn.forward(&x, &mut rng).unwrap();
+            let want = if causal {
+                (1..=5).map(|n| (n as f64).ln()).sum::<f64>() / 5.0
+            } else {
+                5f64.ln()
+            };
+            let bound = attn.entropy_bound().unwrap().unwrap();
+            for (e, lb) in attn.entropy().iter().zip(&bound) {
+                assert!((e - want).abs() < 1e-12, "causal {causal}: {e} vs {want}");
+                assert!((lb - want).abs() < 1e-9, "causal {causal}: {lb} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn recorded_entropy_lies_between_the_bound_and_its_maximum() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let x = Tensor::randn(&[2, 5, 8], 0.0, 1.0, DType::F64, &mut rng);
+        for causal in [true, false] {
+            let attn = attention(causal, 0.0);
+            attn.forward(&x, &mut rng).unwrap();
+            let (ent, bound) = (attn.entropy(), attn.entropy_bound().unwrap().unwrap());
+            assert_eq!((ent.len(), bound.len()), (2, 2));
+            let max = if causal {
+                (1..=5).map(|n| (n as f64).ln()).sum::<f64>() / 5.0
+            } else {
+                5f64.ln()
+            };
+            for (e, lb) in ent.iter().zip(&bound) {
+                assert!(
+                    0.0 < *lb && *lb <= *e && *e < max,
+                    "causal {causal}: {lb} ≤ {e} < {max}"
+                );
+            }
+        }
+    }
+
+    /// The recorded entropy is that of the probabilities the output is computed from: the
+    /// fused op's (dropout inactive) and the separate softmax's before dropout (dropout
+    /// active) both match the entropy of `softmax(q kᵀ/√d_head (+ mask))`; recording does
+    /// not change the output.
+    #[test]
+    fn recorded_entropy_is_that_of_the_pre_dropout_probabilities() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        let x = Tensor::randn(&[3, 6, 8], 0.0, 1.0, DType::F64, &mut rng);
+        for causal in [true, false] {
+            let attn = attention(causal, 0.5);
+            let heads = |l: &LinearLayer| {
+                l.forward(&x)
+                    .unwrap()
+                    .reshape(&[3, 6, 2, 4])
+                    .unwrap()
+                    .permute(&[0, 2, 1, 3])
+                    .unwrap()
+            };
+            let p = attn.probs(&heads(&attn.q), &heads(&attn.k), 0.5).unwrap();
+            let want = mean_entropy_per_head(&p).unwrap();
+            let close = |got: &[f64]| {
+                assert_eq!(got.len(), 2);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-12, "causal {causal}: {g} vs {w}");
+                }
+            };
+            attn.forward(&x, &mut rng).unwrap();
+            close(&attn.entropy());
+            attn.set_training(false);
+            let fused = attn.forward(&x, &mut rng).unwrap().to_vec_f64().unwrap();
+            close(&attn.entropy());
+            attn.set_record(false);
+            let unrecorded = attn.forward(&x, &mut rng).unwrap().to_vec_f64().unwrap();
+            assert_eq!(fused, unrecorded);
+            assert!(attn.entropy_bound().unwrap().is_none());
         }
     }
 }

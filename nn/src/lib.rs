@@ -7,23 +7,32 @@ mod dropout;
 mod embedding;
 mod error;
 mod linear;
+pub mod metrics;
 mod mlp;
 pub mod module;
 mod norm;
 pub mod optim;
+pub mod patch;
+pub mod pool;
 pub mod transformer;
+pub mod trunk;
 
-pub use attention::CausalSelfAttention;
+pub use attention::SelfAttention;
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use engine::GammaInit;
 pub use error::{Error, Result};
 pub use linear::{Linear, LinearKind, LinearLayer, SigmaReparamLinear};
+pub use metrics::accuracy;
 pub use mlp::Mlp;
 pub use module::{Module, ModuleExt, TensorRole};
 pub use norm::LayerNorm;
 pub use optim::{
     clip_grad_norm, AdamW, AdamWConfig, CosineSchedule, Optimizer, ParamGroup, Sgd, SgdConfig,
 };
-pub use transformer::{Block, Gpt, GptConfig, NormPlacement};
+pub use optim::{Lars, LarsConfig};
+pub use patch::PatchEmbedding;
+pub use pool::{ClsToken, Pooling};
+pub use transformer::{Gpt, GptConfig};
+pub use trunk::{Block, NormPlacement, Trunk, TrunkConfig};

@@ -1,13 +1,13 @@
-//! Optimizers (AdamW, SGD with momentum), clipping by global gradient norm, and the linear
-//! warmup + cosine learning-rate schedule.
+//! Optimizers (AdamW, SGD with momentum, LARS), clipping by global gradient norm, and the
+//! linear warmup + cosine learning-rate schedule.
 //!
 //! Formulas follow PyTorch's `torch.optim.AdamW`, `torch.optim.SGD` and
-//! `torch.nn.utils.clip_grad_norm_` (their documented update rules). Optimizer state is kept
-//! and updated in `f64` whatever the parameter dtype. Parameters are updated in parallel, each
-//! on its own and in place through [`Tensor::with_data_mut`] (which autograd does not
-//! record), and the global gradient norm is summed in parameter order, so a step never
-//! depends on the thread count and a state restored from [`Optimizer::state_dict`] continues
-//! bit-identically.
+//! `torch.nn.utils.clip_grad_norm_` (their documented update rules), and SimCLR's reference
+//! LARS for [`Lars`]. Optimizer state is kept and updated in `f64` whatever the parameter
+//! dtype. Parameters are updated in parallel, each on its own and in place through
+//! [`Tensor::with_data_mut`] (which autograd does not record), and the global gradient norm
+//! is summed in parameter order, so a step never depends on the thread count and a state
+//! restored from [`Optimizer::state_dict`] continues bit-identically.
 
 use crate::{Error, Result};
 use engine::{DType, Float, Tensor};
@@ -23,23 +23,34 @@ pub struct ParamGroup {
     pub params: Vec<Tensor>,
     /// Multiplier of the optimizer's learning rate for this group.
     pub lr_scale: f64,
-    /// Decoupled weight decay (AdamW) or L2 penalty (SGD) of this group.
+    /// Decoupled weight decay (AdamW) or L2 penalty (SGD, LARS) of this group.
     pub weight_decay: f64,
+    /// Whether [`Lars`] scales this group's learning rate by the trust ratio (default
+    /// `true`; switch it off for biases, norms and γ, with a weight decay of 0, as SimCLR
+    /// does). Ignored by the other optimizers.
+    pub trust_ratio: bool,
 }
 
 impl ParamGroup {
-    /// A group with `lr_scale` 1 and the given weight decay.
+    /// A group with `lr_scale` 1, the trust ratio on and the given weight decay.
     pub fn new(params: Vec<Tensor>, weight_decay: f64) -> Self {
         ParamGroup {
             params,
             lr_scale: 1.0,
             weight_decay,
+            trust_ratio: true,
         }
     }
 
     /// The same group with its learning rate scaled by `lr_scale`.
     pub fn with_lr_scale(mut self, lr_scale: f64) -> Self {
         self.lr_scale = lr_scale;
+        self
+    }
+
+    /// The same group with [`Lars`]'s trust ratio on or off.
+    pub fn with_trust_ratio(mut self, on: bool) -> Self {
+        self.trust_ratio = on;
         self
     }
 }
@@ -100,8 +111,9 @@ fn checked_grad(p: &Tensor) -> Result<Option<Tensor>> {
 /// An update rule of one parameter, computed in `f64` whatever the parameter dtype.
 trait Rule: Sync {
     /// Update the parameter's values `w` in place from its gradient `g` (same length) and
-    /// its `slot`, with the group's learning rate `lr` and `weight_decay`.
-    fn apply<T: Float>(&self, lr: f64, weight_decay: f64, slot: &mut Slot, w: &mut [T], g: &[T]);
+    /// its `slot`, with the group's learning rate `lr` and the rest of its settings
+    /// (`weight_decay`, `trust_ratio`) from `group`.
+    fn apply<T: Float>(&self, lr: f64, group: &ParamGroup, slot: &mut Slot, w: &mut [T], g: &[T]);
 }
 
 /// [`Rule::apply`] on parameter `p` of dtype `T` with its gradient `g`, both borrowed in
@@ -109,14 +121,12 @@ trait Rule: Sync {
 fn apply_rule<T: Float>(
     rule: &impl Rule,
     lr: f64,
-    weight_decay: f64,
+    group: &ParamGroup,
     slot: &mut Slot,
     p: &Tensor,
     g: &Tensor,
 ) -> Result<()> {
-    g.with_data(|g: &[T]| {
-        p.with_data_mut(|w: &mut [T]| rule.apply(lr, weight_decay, slot, w, g))
-    })??;
+    g.with_data(|g: &[T]| p.with_data_mut(|w: &mut [T]| rule.apply(lr, group, slot, w, g)))??;
     Ok(())
 }
 
@@ -156,7 +166,7 @@ impl Groups {
     }
 
     /// Apply `rule` to every parameter with a gradient, in parallel, with its group's
-    /// learning rate (`base_lr · lr_scale`) and weight decay and its slot. Every gradient is
+    /// learning rate (`base_lr · lr_scale`) and settings and its slot. Every gradient is
     /// checked before any parameter changes.
     fn update(&mut self, base_lr: f64, rule: &impl Rule) -> Result<()> {
         let mut work = Vec::with_capacity(self.slots.len());
@@ -166,14 +176,14 @@ impl Groups {
             for p in &group.params {
                 let slot = slots.next().expect("one slot per parameter");
                 if let Some(g) = checked_grad(p)? {
-                    work.push((p, g, lr, group.weight_decay, slot));
+                    work.push((p, g, lr, group, slot));
                 }
             }
         }
         work.into_par_iter()
-            .try_for_each(|(p, g, lr, weight_decay, slot)| match p.dtype() {
-                DType::F32 => apply_rule::<f32>(rule, lr, weight_decay, slot, p, &g),
-                DType::F64 => apply_rule::<f64>(rule, lr, weight_decay, slot, p, &g),
+            .try_for_each(|(p, g, lr, group, slot)| match p.dtype() {
+                DType::F32 => apply_rule::<f32>(rule, lr, group, slot, p, &g),
+                DType::F64 => apply_rule::<f64>(rule, lr, group, slot, p, &g),
             })
     }
 }
@@ -314,7 +324,7 @@ impl AdamW {
 }
 
 impl Rule for AdamWConfig {
-    fn apply<T: Float>(&self, lr: f64, weight_decay: f64, slot: &mut Slot, w: &mut [T], g: &[T]) {
+    fn apply<T: Float>(&self, lr: f64, group: &ParamGroup, slot: &mut Slot, w: &mut [T], g: &[T]) {
         let (b1, b2) = self.betas;
         if slot.a.is_empty() {
             slot.a = vec![0.0; w.len()];
@@ -328,7 +338,7 @@ impl Rule for AdamWConfig {
             b2,
             step_size: lr / bc1,
             bc2_sqrt,
-            decay: 1.0 - lr * weight_decay,
+            decay: 1.0 - lr * group.weight_decay,
             eps: self.eps,
         };
         let (m, v) = (&mut slot.a[..], &mut slot.b[..]);
@@ -459,7 +469,8 @@ impl Sgd {
 }
 
 impl Rule for SgdConfig {
-    fn apply<T: Float>(&self, lr: f64, weight_decay: f64, slot: &mut Slot, w: &mut [T], g: &[T]) {
+    fn apply<T: Float>(&self, lr: f64, group: &ParamGroup, slot: &mut Slot, w: &mut [T], g: &[T]) {
+        let weight_decay = group.weight_decay;
         let SgdConfig {
             momentum,
             dampening,
@@ -493,6 +504,97 @@ impl Rule for SgdConfig {
 }
 
 impl_optimizer!(Sgd, "momentum_buffer", "unused");
+
+/// Hyper-parameters of [`Lars`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LarsConfig {
+    /// Learning rate (the base rate; SimCLR scales it with the batch size).
+    pub lr: f64,
+    /// Momentum factor (SimCLR's default 0.9; 0 for none).
+    pub momentum: f64,
+    /// Trust coefficient η of the trust ratio (SimCLR's default 0.001).
+    pub eta: f64,
+}
+
+/// Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg 2017, "Large Batch Training of
+/// Convolutional Networks"), exactly as SimCLR's reference `LARSOptimizer`
+/// (google-research/simclr, `classic_momentum=True`, no Nesterov) computes it, per
+/// parameter `w` with gradient `g`, group weight decay λ and learning rate `lr`:
+///
+/// ```text
+/// g ← g + λ w
+/// trust = η ‖w‖ / ‖g‖   (1 when ‖w‖ = 0 or ‖g‖ = 0, or when the group's trust_ratio is off)
+/// b ← μ b + (lr · trust) g          (b starts at 0)
+/// w ← w − b
+/// ```
+///
+/// The learning rate is inside the momentum buffer (unlike `timm`'s `Lars`, which scales
+/// `g` by the trust ratio, runs PyTorch's SGD momentum and multiplies by `lr` after): when
+/// a schedule changes `lr`, the buffer keeps the earlier steps at their old rates. The
+/// norms are taken in `f64` in a fixed order ([`engine::dot_f64`]). Parameters that SimCLR
+/// excludes from adaptation and decay (biases, norms; here also σReparam's γ) belong in a
+/// group with [`ParamGroup::with_trust_ratio`]`(false)` and weight decay 0: plain SGD with
+/// momentum there.
+#[derive(Debug, Clone)]
+pub struct Lars {
+    groups: Groups,
+    config: LarsConfig,
+}
+
+impl Lars {
+    /// An optimizer over `groups`. Errors on a negative or non-finite learning rate or
+    /// momentum, a trust coefficient that is not finite and > 0, or a tensor listed twice.
+    pub fn new(groups: Vec<ParamGroup>, config: LarsConfig) -> Result<Self> {
+        let valid = config.lr.is_finite()
+            && config.lr >= 0.0
+            && config.momentum.is_finite()
+            && config.momentum >= 0.0
+            && config.eta.is_finite()
+            && config.eta > 0.0;
+        if !valid {
+            return Err(Error::Config(format!("LARS: invalid {config:?}")));
+        }
+        Ok(Lars {
+            groups: Groups::new(groups)?,
+            config,
+        })
+    }
+}
+
+impl Rule for LarsConfig {
+    fn apply<T: Float>(&self, lr: f64, group: &ParamGroup, slot: &mut Slot, w: &mut [T], g: &[T]) {
+        let weight_decay = group.weight_decay;
+        let g: Vec<f64> = w
+            .iter()
+            .zip(g)
+            .map(|(wi, gi)| {
+                let gf = gi.to_f64_lossless();
+                if weight_decay != 0.0 {
+                    gf + weight_decay * wi.to_f64_lossless()
+                } else {
+                    gf
+                }
+            })
+            .collect();
+        let (w_norm, g_norm) = (engine::dot_f64(w, w).sqrt(), engine::dot_f64(&g, &g).sqrt());
+        let trust = if group.trust_ratio && w_norm > 0.0 && g_norm > 0.0 {
+            self.eta * w_norm / g_norm
+        } else {
+            1.0
+        };
+        let local_lr = lr * trust;
+        if slot.a.is_empty() {
+            slot.a = vec![0.0; w.len()];
+        }
+        slot.step += 1;
+        for ((wi, gi), b) in w.iter_mut().zip(g).zip(&mut slot.a) {
+            *b = self.momentum * *b + local_lr * gi;
+            *wi = T::from_f64_lossy(wi.to_f64_lossless() - *b);
+        }
+    }
+}
+
+impl_optimizer!(Lars, "momentum_buffer", "unused");
 
 /// The global L2 norm of all gradients, `√(Σ_p ‖∂L/∂p‖²)` (parameters without a gradient
 /// count as zero), accumulated in `f64`: each gradient's sum of squares in parallel, then
@@ -790,6 +892,113 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    /// Two LARS steps by hand (lr 0.1, μ 0.9, η 0.25, λ 0.5), gradients chosen so that the
+    /// decayed gradient is parallel to `w` in step 1; a second group without the trust
+    /// ratio or decay gets SGD with the buffer `b ← μ b + lr g`.
+    #[test]
+    fn lars_matches_hand_computed_steps() {
+        let (p, q) = (leaf(&[3.0, 4.0]), leaf(&[1.0]));
+        let mut opt = Lars::new(
+            vec![
+                ParamGroup::new(vec![p.clone()], 0.5),
+                ParamGroup::new(vec![q.clone()], 0.0).with_trust_ratio(false),
+            ],
+            LarsConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                eta: 0.25,
+            },
+        )
+        .unwrap();
+        // g + λw = [4.5, 6] + [1.5, 2] = [6, 8]: trust 0.25·5/10 = 0.125, local lr 0.0125,
+        // b = [0.075, 0.1], w = [2.925, 3.9] (‖w‖ = 4.875). q: b = 0.2, q = 0.8.
+        set_grad(&p, &[4.5, 6.0]);
+        set_grad(&q, &[2.0]);
+        opt.step().unwrap();
+        close(&p.to_vec_f64().unwrap(), &[2.925, 3.9]);
+        close(&q.to_vec_f64().unwrap(), &[0.8]);
+        // g + λw = [−1.4625, 0] + [1.4625, 1.95] = [0, 1.95]: trust 0.25·4.875/1.95 = 0.625,
+        // local lr 0.0625, b = 0.9·[0.075, 0.1] + [0, 0.121875] = [0.0675, 0.211875].
+        // q: b = 0.18 − 0.1 = 0.08, q = 0.72.
+        set_grad(&p, &[-1.4625, 0.0]);
+        set_grad(&q, &[-1.0]);
+        opt.step().unwrap();
+        close(&p.to_vec_f64().unwrap(), &[2.8575, 3.688125]);
+        close(&q.to_vec_f64().unwrap(), &[0.72]);
+    }
+
+    /// Zero weights (or a zero gradient) give trust ratio 1: the step is `lr · g`.
+    #[test]
+    fn lars_trust_ratio_is_one_at_zero_norms() {
+        let (p, q) = (leaf(&[0.0, 0.0]), leaf(&[2.0, -1.0]));
+        let config = LarsConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            eta: 0.001,
+        };
+        let mut opt = Lars::new(
+            vec![ParamGroup::new(vec![p.clone(), q.clone()], 0.1)],
+            config,
+        )
+        .unwrap();
+        set_grad(&p, &[3.0, 4.0]);
+        // g + λw = 0 for q: nothing moves.
+        set_grad(&q, &[-0.2, 0.1]);
+        opt.step().unwrap();
+        close(&p.to_vec_f64().unwrap(), &[-0.3, -0.4]);
+        close(&q.to_vec_f64().unwrap(), &[2.0, -1.0]);
+        for bad in [
+            LarsConfig { eta: 0.0, ..config },
+            LarsConfig {
+                lr: f64::NAN,
+                ..config
+            },
+            LarsConfig {
+                momentum: -0.5,
+                ..config
+            },
+        ] {
+            let err = Lars::new(vec![], bad).unwrap_err().to_string();
+            assert!(err.starts_with("LARS: invalid"), "{err}");
+        }
+    }
+
+    #[test]
+    fn lars_state_round_trip_continues_identically() {
+        let run = |split: bool| {
+            let p = Tensor::from_f64s(&[0.3, -0.7, 0.2], &[3], DType::F32)
+                .unwrap()
+                .requires_grad_(true)
+                .unwrap();
+            let mk = |p: &Tensor| {
+                let config = LarsConfig {
+                    lr: 0.5,
+                    momentum: 0.9,
+                    eta: 0.02,
+                };
+                Lars::new(vec![ParamGroup::new(vec![p.clone()], 0.01)], config).unwrap()
+            };
+            let mut opt = mk(&p);
+            for s in 0..6 {
+                if split && s == 3 {
+                    let state = opt.state_dict().unwrap();
+                    assert_eq!(state["0.step"].item().unwrap(), 3.0);
+                    opt = mk(&p);
+                    opt.load_state_dict(&state).unwrap();
+                }
+                p.zero_grad();
+                let g = Tensor::from_f64s(&[s as f64 - 2.5, 0.1 * s as f64, 1.0], &[3], DType::F32)
+                    .unwrap();
+                p.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+                opt.step().unwrap();
+            }
+            p.to_vec::<f32>().unwrap()
+        };
+        let (a, b) = (run(false), run(true));
+        assert_ne!(a, [0.3, -0.7, 0.2]);
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -1,24 +1,14 @@
-//! A GPT-style decoder-only transformer (Radford et al. 2018/2019) whose blocks put
-//! LayerNorm before the residual branches (pre-LN), after the residual sum (post-LN, the
-//! original Transformer) or nowhere, and whose linear layers are plain or σReparam.
+//! A GPT-style decoder-only transformer (Radford et al. 2018/2019): token and position
+//! embeddings, a causal [`Trunk`] whose blocks put LayerNorm before the residual branches
+//! (pre-LN), after the residual sum (post-LN, the original Transformer) or nowhere, and a
+//! linear head; every linear layer plain or σReparam.
 
 use crate::module::join;
 use crate::{
-    CausalSelfAttention, Dropout, Embedding, Error, LayerNorm, LinearKind, LinearLayer, Mlp,
-    Module, Result, TensorRole,
+    Block, Dropout, Embedding, Error, LinearLayer, Module, NormPlacement, Result, TensorRole,
+    Trunk, TrunkConfig,
 };
 use engine::{DType, Reduction, Tensor};
-
-/// Where a block normalizes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum NormPlacement {
-    /// `x + f(LN(x))` for each branch, and a final LayerNorm before the head.
-    Pre,
-    /// `LN(x + f(x))` for each branch.
-    Post,
-    /// `x + f(x)`: no LayerNorm anywhere.
-    None,
-}
 
 /// Hyper-parameters of a [`Gpt`].
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -48,150 +38,45 @@ pub struct GptConfig {
 }
 
 impl GptConfig {
-    fn linear_kind(&self) -> LinearKind {
-        if self.sigma_reparam {
-            LinearKind::SigmaReparam(if self.gamma_one {
-                crate::GammaInit::One
-            } else {
-                crate::GammaInit::Sigma
-            })
-        } else {
-            LinearKind::Plain
+    /// The model's trunk: causal attention and MLPs of width `4 · d_model` (GPT-2's), the
+    /// other fields copied from this configuration.
+    pub fn trunk(&self) -> TrunkConfig {
+        TrunkConfig {
+            d_model: self.d_model,
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            mlp_ratio: 4,
+            causal: true,
+            dropout: self.dropout,
+            norm: self.norm,
+            sigma_reparam: self.sigma_reparam,
+            gamma_one: self.gamma_one,
+            residual_scale: self.residual_scale,
         }
     }
 }
 
-/// One transformer block: causal self-attention then an MLP, each a residual branch.
-#[derive(Debug)]
-pub struct Block {
-    ln1: Option<LayerNorm>,
-    attn: CausalSelfAttention,
-    ln2: Option<LayerNorm>,
-    mlp: Mlp,
-    drop: Dropout,
-    norm: NormPlacement,
-    residual_scale: f64,
-}
-
-impl Block {
-    /// A block per `config`, weights drawn from `rng`.
-    pub fn new(config: &GptConfig, dtype: DType, rng: &mut impl rand::Rng) -> Result<Self> {
-        let kind = config.linear_kind();
-        let mut make = |i, o| LinearLayer::new(kind, i, o, true, dtype, rng);
-        let attn =
-            CausalSelfAttention::new(config.d_model, config.n_heads, config.dropout, &mut make)?;
-        let mlp = Mlp::new(config.d_model, 4 * config.d_model, &mut make)?;
-        let ln = || -> Result<Option<LayerNorm>> {
-            Ok(match config.norm {
-                NormPlacement::None => None,
-                _ => Some(LayerNorm::new(config.d_model, 1e-5, dtype)?),
-            })
-        };
-        Ok(Block {
-            ln1: ln()?,
-            attn,
-            ln2: ln()?,
-            mlp,
-            drop: Dropout::new(config.dropout)?,
-            norm: config.norm,
-            residual_scale: config.residual_scale,
-        })
-    }
-
-    fn norm(ln: &Option<LayerNorm>, x: &Tensor) -> Result<Tensor> {
-        match ln {
-            Some(ln) => ln.forward(x),
-            None => Ok(x.clone()),
-        }
-    }
-
-    /// `x` `[batch, t, d_model]` through both residual branches.
-    pub fn forward(&self, x: &Tensor, rng: &mut impl rand::Rng) -> Result<Tensor> {
-        let scale = |y: Tensor| -> Result<Tensor> {
-            if self.residual_scale == 1.0 {
-                Ok(y)
-            } else {
-                Ok(y.mul_scalar(self.residual_scale)?)
-            }
-        };
-        match self.norm {
-            NormPlacement::Pre => {
-                let a = self.attn.forward(&Self::norm(&self.ln1, x)?, rng)?;
-                let x = x.add(&scale(self.drop.forward(&a, rng)?)?)?;
-                let m = self.mlp.forward(&Self::norm(&self.ln2, &x)?)?;
-                Ok(x.add(&scale(self.drop.forward(&m, rng)?)?)?)
-            }
-            NormPlacement::Post | NormPlacement::None => {
-                let a = self.attn.forward(x, rng)?;
-                let x = Self::norm(&self.ln1, &x.add(&scale(self.drop.forward(&a, rng)?)?)?)?;
-                let m = self.mlp.forward(&x)?;
-                Self::norm(&self.ln2, &x.add(&scale(self.drop.forward(&m, rng)?)?)?)
-            }
-        }
-    }
-
-    /// The attention sublayer.
-    pub fn attention(&self) -> &CausalSelfAttention {
-        &self.attn
-    }
-
-    /// Every linear layer of the block with its name relative to the block
-    /// (`attn.q`, …, `mlp.proj`).
-    pub fn linears(&self) -> Vec<(String, &LinearLayer)> {
-        let mut out: Vec<(String, &LinearLayer)> = self
-            .attn
-            .linears()
-            .into_iter()
-            .map(|(n, l)| (format!("attn.{n}"), l))
-            .collect();
-        out.extend(
-            self.mlp
-                .linears()
-                .into_iter()
-                .map(|(n, l)| (format!("mlp.{n}"), l)),
-        );
-        out
-    }
-}
-
-impl Module for Block {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor, TensorRole)) {
-        if let Some(ln) = &self.ln1 {
-            ln.visit(&join(prefix, "ln1"), f);
-        }
-        self.attn.visit(&join(prefix, "attn"), f);
-        if let Some(ln) = &self.ln2 {
-            ln.visit(&join(prefix, "ln2"), f);
-        }
-        self.mlp.visit(&join(prefix, "mlp"), f);
-    }
-
-    fn set_training(&self, training: bool) {
-        self.attn.set_training(training);
-        self.mlp.set_training(training);
-        self.drop.set_training(training);
-    }
-}
-
-/// A decoder-only language model: token + learned position embeddings, `n_layers`
-/// [`Block`]s, a final LayerNorm (pre-LN only) and a linear head to vocabulary logits.
+/// A decoder-only language model: token + learned position embeddings, a causal [`Trunk`]
+/// (`n_layers` blocks and, pre-LN only, a final LayerNorm) and a linear head to vocabulary
+/// logits.
 ///
 /// Parameter names: `tok_emb.weight`, `pos_emb.weight`, `blocks.{i}.{ln1,attn,ln2,mlp}…`,
-/// `ln_f.{weight,bias}`, `head.{weight,bias}` (plus `gamma`/`u`/`v`/`sigma` for σReparam).
+/// `ln_f.{weight,bias}`, `head.{weight,bias}` (plus `gamma`/`u`/`v`/`sigma` for σReparam):
+/// the trunk's names are not prefixed.
 #[derive(Debug)]
 pub struct Gpt {
     config: GptConfig,
     tok_emb: Embedding,
     pos_emb: Embedding,
     drop: Dropout,
-    blocks: Vec<Block>,
-    ln_f: Option<LayerNorm>,
+    trunk: Trunk,
     head: LinearLayer,
 }
 
 impl Gpt {
-    /// A model per `config` with weights drawn from `rng` (same seed, same model). Errors on
-    /// an invalid configuration (zero sizes, heads not dividing `d_model`, dropout ∉ [0,1)).
+    /// A model per `config` with weights drawn from `rng` in the order token embedding,
+    /// position embedding, trunk, head (same seed, same model). Errors on an invalid
+    /// configuration (zero sizes, heads not dividing `d_model`, dropout ∉ [0,1)).
     pub fn new(config: GptConfig, dtype: DType, rng: &mut impl rand::Rng) -> Result<Self> {
         if config.vocab_size == 0 || config.block_size == 0 || config.d_model == 0 {
             return Err(Error::Config(format!("invalid model size {config:?}")));
@@ -210,15 +95,9 @@ impl Gpt {
             dtype,
             rng,
         )?;
-        let blocks = (0..config.n_layers)
-            .map(|_| Block::new(&config, dtype, rng))
-            .collect::<Result<Vec<_>>>()?;
-        let ln_f = match config.norm {
-            NormPlacement::Pre => Some(LayerNorm::new(config.d_model, 1e-5, dtype)?),
-            _ => None,
-        };
+        let trunk = Trunk::new(config.trunk(), dtype, rng)?;
         let head = LinearLayer::new(
-            config.linear_kind(),
+            config.trunk().linear_kind(),
             config.d_model,
             config.vocab_size,
             true,
@@ -230,8 +109,7 @@ impl Gpt {
             tok_emb,
             pos_emb,
             drop: Dropout::new(config.dropout)?,
-            blocks,
-            ln_f,
+            trunk,
             head,
         })
     }
@@ -258,14 +136,8 @@ impl Gpt {
         }
         let tok = self.tok_emb.forward(ids, &[batch, t])?;
         let pos = self.pos_emb.weight().narrow(0, 0, t)?;
-        let mut x = self.drop.forward(&tok.add(&pos)?, rng)?;
-        for b in &self.blocks {
-            x = b.forward(&x, rng)?;
-        }
-        if let Some(ln) = &self.ln_f {
-            x = ln.forward(&x)?;
-        }
-        self.head.forward(&x)
+        let x = self.drop.forward(&tok.add(&pos)?, rng)?;
+        self.head.forward(&self.trunk.forward(&x, rng)?)
     }
 
     /// Mean cross-entropy (nats per token) of predicting `targets` from `ids`, both
@@ -285,30 +157,19 @@ impl Gpt {
 
     /// The blocks, in order.
     pub fn blocks(&self) -> &[Block] {
-        &self.blocks
+        self.trunk.blocks()
     }
 
     /// Every linear layer with its full name (`blocks.0.attn.q`, …, `head`).
     pub fn linears(&self) -> Vec<(String, &LinearLayer)> {
-        let mut out: Vec<(String, &LinearLayer)> = self
-            .blocks
-            .iter()
-            .enumerate()
-            .flat_map(|(i, b)| {
-                b.linears()
-                    .into_iter()
-                    .map(move |(n, l)| (format!("blocks.{i}.{n}"), l))
-            })
-            .collect();
+        let mut out = self.trunk.linears();
         out.push(("head".into(), &self.head));
         out
     }
 
     /// Turn attention-entropy recording on or off in every block.
     pub fn set_record_entropy(&self, on: bool) {
-        self.blocks
-            .iter()
-            .for_each(|b| b.attention().set_record(on));
+        self.trunk.set_record_entropy(on);
     }
 }
 
@@ -316,18 +177,13 @@ impl Module for Gpt {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor, TensorRole)) {
         self.tok_emb.visit(&join(prefix, "tok_emb"), f);
         self.pos_emb.visit(&join(prefix, "pos_emb"), f);
-        for (i, b) in self.blocks.iter().enumerate() {
-            b.visit(&join(prefix, &format!("blocks.{i}")), f);
-        }
-        if let Some(ln) = &self.ln_f {
-            ln.visit(&join(prefix, "ln_f"), f);
-        }
+        self.trunk.visit(prefix, f);
         self.head.visit(&join(prefix, "head"), f);
     }
 
     fn set_training(&self, training: bool) {
         self.drop.set_training(training);
-        self.blocks.iter().for_each(|b| b.set_training(training));
+        self.trunk.set_training(training);
         self.head.set_training(training);
     }
 }
@@ -386,6 +242,64 @@ mod tests {
                 assert_eq!(n_sigma, if sigma { 13 } else { 0 });
             }
         }
+    }
+
+    /// The model is the one from before its blocks moved into a [`Trunk`]: every tensor
+    /// keeps its name and visiting order, and the initial loss at seed 0 (which depends on
+    /// the order of the draws from the rng) is the value recorded from that code.
+    #[test]
+    fn names_and_initial_loss_are_those_of_the_model_before_the_trunk() {
+        let ids: Vec<usize> = (0..12).map(|i| (i * 7) % 11).collect();
+        let targets: Vec<usize> = (0..12).map(|i| (i * 5 + 1) % 11).collect();
+        for (norm, sigma, want) in [
+            (NormPlacement::Pre, true, 2.4428937922543006),
+            (NormPlacement::Post, false, 2.4216635158234117),
+            (NormPlacement::None, true, 2.516285618182788),
+        ] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+            let m = Gpt::new(tiny(norm, sigma), DType::F64, &mut rng).unwrap();
+            let l = m
+                .loss(&ids, &targets, 2, 6, &mut rng)
+                .unwrap()
+                .item()
+                .unwrap();
+            assert!((l - want).abs() < 1e-12, "{norm:?} {sigma}: {l} vs {want}");
+        }
+        let m = Gpt::new(
+            tiny(NormPlacement::Pre, true),
+            DType::F32,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
+        )
+        .unwrap();
+        let mut names = Vec::new();
+        m.visit("", &mut |n, _, _| names.push(n));
+        let leaves = |prefix: &str, of: &[&str]| -> Vec<String> {
+            of.iter().map(|l| format!("{prefix}.{l}")).collect()
+        };
+        let (ln, sr) = (
+            ["weight", "bias"],
+            ["weight", "gamma", "bias", "u", "v", "sigma"],
+        );
+        let mut want = vec!["tok_emb.weight".to_string(), "pos_emb.weight".into()];
+        for i in 0..2 {
+            want.extend(leaves(&format!("blocks.{i}.ln1"), &ln));
+            for p in ["q", "k", "v", "proj"] {
+                want.extend(leaves(&format!("blocks.{i}.attn.{p}"), &sr));
+            }
+            want.extend(leaves(&format!("blocks.{i}.ln2"), &ln));
+            for p in ["fc", "proj"] {
+                want.extend(leaves(&format!("blocks.{i}.mlp.{p}"), &sr));
+            }
+        }
+        want.extend(leaves("ln_f", &ln));
+        want.extend(leaves("head", &sr));
+        assert_eq!(names, want);
+        let linears: Vec<String> = m.linears().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(linears.len(), 13);
+        assert_eq!(
+            [&linears[0], &linears[5], &linears[12]],
+            ["blocks.0.attn.q", "blocks.0.mlp.proj", "head"]
+        );
     }
 
     #[test]

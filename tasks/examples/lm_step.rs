@@ -1,5 +1,6 @@
-//! Time the `lm` training step on the default model: forward, backward, gradient clipping,
-//! AdamW and zero_grad, exactly as `tasks::lm` runs them (attention entropy not recorded), on
+//! Time the `lm` training step on the default model: forward, then the trainer's own
+//! [`tasks::train::optimize`] (backward, gradient clipping, AdamW, zero_grad) with the
+//! trainer's optimizer (attention entropy not recorded), on
 //! seeded random token batches. Prints one JSON line (median ms per step, tokens/s, peak
 //! resident memory) that `scripts/compare-pytorch.sh` sets beside `scripts/torch_lm_step.py`.
 //!
@@ -7,13 +8,13 @@
 
 use clap::Parser;
 use engine::DType;
-use nn::{clip_grad_norm, Gpt, ModuleExt, Optimizer};
+use nn::{Gpt, ModuleExt};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::Instant;
-use tasks::lm::{ModelSize, RunConfig, Variant};
+use tasks::lm::{Lm, LmConfig};
+use tasks::train::{build_optimizer, optimize, StepOutcome, Task, Variant};
 
 #[derive(Debug, Parser)]
 #[command(about = "Time lm training steps on random batches; prints one JSON line")]
@@ -32,7 +33,7 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     #[command(flatten)]
-    size: ModelSize,
+    lm: LmConfig,
     /// Vocabulary size (80: the Shakespeare corpus of scripts/fetch-shakespeare.sh).
     #[arg(long, default_value_t = 80)]
     vocab: usize,
@@ -53,10 +54,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     if [
         a.steps,
-        a.size.batch_size,
-        a.size.seq_len,
-        a.size.d_model,
-        a.size.n_heads,
+        a.lm.batch_size,
+        a.lm.seq_len,
+        a.lm.d_model,
+        a.lm.n_heads,
         a.vocab,
     ]
     .contains(&0)
@@ -68,22 +69,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .num_threads(n)
             .build_global()?;
     }
-    let cfg = a.size.apply(RunConfig {
-        seed: a.seed,
-        ..RunConfig::defaults(a.variant, PathBuf::new())
-    });
+    let train = Lm::defaults(a.variant);
     let model = Gpt::new(
-        cfg.gpt_config(a.vocab),
+        a.lm.gpt_config(&train, a.vocab),
         DType::F32,
         &mut ChaCha8Rng::seed_from_u64(a.seed),
     )?;
     model.set_record_entropy(false);
     let params = model.parameters();
-    let mut opt = cfg.optimizer(&model)?;
+    let mut opt = build_optimizer(&train, &model)?;
 
     let mut data_rng = ChaCha8Rng::seed_from_u64(a.seed + 1);
     let mut dropout_rng = ChaCha8Rng::seed_from_u64(a.seed + 2);
-    let n = a.size.batch_size * a.size.seq_len;
+    let n = a.lm.batch_size * a.lm.seq_len;
     let mut times = Vec::with_capacity(a.steps);
     let mut losses = Vec::with_capacity(a.warmup_steps + a.steps);
     for step in 0..a.warmup_steps + a.steps {
@@ -93,15 +91,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let loss = model.loss(
             &ids,
             &targets,
-            a.size.batch_size,
-            a.size.seq_len,
+            a.lm.batch_size,
+            a.lm.seq_len,
             &mut dropout_rng,
         )?;
-        losses.push(loss.item()?);
-        loss.backward()?;
-        clip_grad_norm(&params, 1.0)?;
-        opt.step()?;
-        opt.zero_grad();
+        match optimize(
+            &loss,
+            &params,
+            opt.as_mut(),
+            train.grad_clip,
+            train.max_loss,
+        )? {
+            StepOutcome::Updated { loss, .. } => losses.push(loss),
+            StepOutcome::Diverged { reason, .. } => return Err(reason.into()),
+        }
         if step >= a.warmup_steps {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -126,11 +129,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "threads": rayon::current_num_threads(),
             "steps": a.steps,
             "warmup_steps": a.warmup_steps,
-            "batch_size": a.size.batch_size,
-            "seq_len": a.size.seq_len,
-            "d_model": a.size.d_model,
-            "n_layers": a.size.n_layers,
-            "n_heads": a.size.n_heads,
+            "batch_size": a.lm.batch_size,
+            "seq_len": a.lm.seq_len,
+            "d_model": a.lm.d_model,
+            "n_layers": a.lm.n_layers,
+            "n_heads": a.lm.n_heads,
             "vocab": a.vocab,
             "parameters": model.num_parameters(),
             "median_ms": median * 1e3,

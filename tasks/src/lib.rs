@@ -1,8 +1,11 @@
-//! Shared pieces of the task binaries: text data, JSONL metrics, SVG plots.
+//! The task programs' library: the training harness they share ([`train`]), the tasks
+//! ([`lm`]), text data, JSONL metrics and SVG plots.
+pub mod fetch;
 pub mod lm;
 pub mod metrics;
 pub mod plot;
 pub mod text;
+pub mod train;
 
 use std::path::PathBuf;
 
@@ -31,13 +34,6 @@ pub enum Error {
     /// A chart could not be drawn.
     #[error("plot {path}: {msg}")]
     Plot { path: PathBuf, msg: String },
-    /// Training diverged: the loss or a gradient is NaN or infinite.
-    #[error("non-finite values at step {step}: {what}; stopping (the last good checkpoint, if any, is {checkpoint})")]
-    NonFinite {
-        step: usize,
-        what: String,
-        checkpoint: PathBuf,
-    },
     /// A layer, optimizer or checkpoint failed.
     #[error(transparent)]
     Nn(#[from] nn::Error),

@@ -3,29 +3,67 @@
 
 use nn::Checkpoint;
 use std::path::{Path, PathBuf};
-use tasks::lm::{run, RunConfig, RunOptions, Variant, CHECKPOINT_FILE, METRICS_FILE};
+use tasks::lm::{Lm, LmConfig};
+use tasks::train::{
+    Outcome, RunOptions, RunSummary, Task, TrainConfig, Variant, CHECKPOINT_FILE, METRICS_FILE,
+};
 use tasks::Error;
+
+/// A run's settings: the shared ones and `lm`'s.
+type Cfg = (TrainConfig, LmConfig);
+
+fn run(cfg: Option<Cfg>, opts: &RunOptions) -> tasks::Result<RunSummary> {
+    tasks::train::run::<Lm>(cfg, opts)
+}
 
 fn slice() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/shakespeare-slice.txt")
 }
 
 /// A model small enough to train in seconds.
-fn tiny(variant: Variant, steps: usize) -> RunConfig {
-    RunConfig {
-        steps,
-        batch_size: 8,
-        seq_len: 32,
-        d_model: 32,
-        n_layers: 2,
-        n_heads: 2,
-        log_every: 5,
-        eval_every: 10,
-        eval_batches: 2,
-        checkpoint_every: 10,
-        sample_chars: 20,
-        ..RunConfig::defaults(variant, slice())
-    }
+fn tiny(variant: Variant, steps: usize) -> Cfg {
+    (
+        TrainConfig {
+            steps,
+            log_every: 5,
+            eval_every: 10,
+            checkpoint_every: 10,
+            ..Lm::defaults(variant)
+        },
+        LmConfig {
+            batch_size: 8,
+            seq_len: 32,
+            d_model: 32,
+            n_layers: 2,
+            n_heads: 2,
+            eval_batches: 2,
+            sample_chars: 20,
+            ..LmConfig::new(slice())
+        },
+    )
+}
+
+/// `cfg` with changes to its shared settings.
+fn train_with((mut train, lm): Cfg, f: impl FnOnce(&mut TrainConfig)) -> Cfg {
+    f(&mut train);
+    (train, lm)
+}
+
+/// `cfg` with changes to `lm`'s settings.
+fn lm_with((train, mut lm): Cfg, f: impl FnOnce(&mut LmConfig)) -> Cfg {
+    f(&mut lm);
+    (train, lm)
+}
+
+/// `cfg` training on `data`.
+fn with_data((train, lm): Cfg, data: &Path) -> Cfg {
+    (
+        train,
+        LmConfig {
+            data: data.to_path_buf(),
+            ..lm
+        },
+    )
 }
 
 fn opts(out: &Path) -> RunOptions {
@@ -48,11 +86,10 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn short_run_on_real_text_lowers_the_loss() {
     let out = tmp("learn");
-    let cfg = RunConfig {
-        lr: 3e-3,
-        warmup: 10,
-        ..tiny(Variant::PreLn, 200)
-    };
+    let cfg = train_with(tiny(Variant::PreLn, 200), |t| {
+        t.lr = 3e-3;
+        t.warmup = 10;
+    });
     let summary = run(
         Some(cfg),
         &RunOptions {
@@ -63,12 +100,14 @@ fn short_run_on_real_text_lowers_the_loss() {
     .unwrap();
     let recs = tasks::metrics::read_records(&out.join(METRICS_FILE)).unwrap();
     let first = recs[0]["loss"].as_f64().unwrap();
-    let last_val = summary.val_loss.unwrap();
+    let last_val = summary.metric("val_loss").unwrap();
     // Uniform over the ~60 characters is ln 60 ≈ 4.1 nats; character statistics alone give
     // about 3.3.
     assert!(first > 3.8, "initial loss {first}");
     assert!(last_val < 2.8, "validation loss {last_val} after 200 steps");
-    assert_eq!(summary.sample.chars().count(), 20);
+    assert_eq!(summary.outcome, Outcome::Completed);
+    let sample = std::fs::read_to_string(out.join("sample.txt")).unwrap();
+    assert_eq!(sample.chars().count(), 20);
     for f in ["loss.svg", "entropy.svg", "sample.txt", CHECKPOINT_FILE] {
         assert!(out.join(f).exists(), "{f} missing");
     }
@@ -80,10 +119,9 @@ fn short_run_on_real_text_lowers_the_loss() {
 #[test]
 fn interrupted_and_resumed_equals_uninterrupted_bit_for_bit() {
     // σReparam (power-iteration state) and dropout (RNG state) must both resume exactly.
-    let cfg = RunConfig {
-        dropout: 0.1,
-        ..tiny(Variant::SigmaReparam, 30)
-    };
+    let cfg = lm_with(tiny(Variant::SigmaReparam, 30), |l| {
+        l.dropout = 0.1;
+    });
     let (a, b) = (tmp("whole"), tmp("split"));
     run(Some(cfg.clone()), &opts(&a)).unwrap();
     let stopped = run(
@@ -157,7 +195,7 @@ fn missing_and_non_utf8_data_give_clear_errors() {
     std::fs::create_dir_all(&out).unwrap();
     let missing = out.join("missing.txt");
     let err = run(
-        Some(tiny(Variant::PreLn, 1).with_data(&missing)),
+        Some(with_data(tiny(Variant::PreLn, 1), &missing)),
         &opts(&out),
     )
     .unwrap_err();
@@ -169,31 +207,81 @@ fn missing_and_non_utf8_data_give_clear_errors() {
         b"To be, or not to be: that is the question:\n\xe9t\xe9\n".repeat(50),
     )
     .unwrap();
-    let err = run(Some(tiny(Variant::PreLn, 1).with_data(&bad)), &opts(&out)).unwrap_err();
+    let err = run(Some(with_data(tiny(Variant::PreLn, 1), &bad)), &opts(&out)).unwrap_err();
     assert!(matches!(err, Error::NotUtf8 { offset: 43, .. }), "{err}");
     assert!(err.to_string().contains("not valid UTF-8"), "{err}");
     std::fs::remove_dir_all(&out).unwrap();
 }
 
 #[test]
-fn divergence_stops_with_the_step_named() {
+fn divergence_is_an_outcome_with_its_step_metrics_plots_and_summary() {
     let out = tmp("diverge");
-    let cfg = RunConfig {
-        lr: 1e30,
-        warmup: 0,
-        grad_clip: 1e30,
-        ..tiny(Variant::PreLn, 20)
+    let cfg = train_with(tiny(Variant::PreLn, 20), |t| {
+        t.lr = 1e30;
+        t.warmup = 0;
+        t.grad_clip = 1e30;
+    });
+    let summary = run(
+        Some(cfg),
+        &RunOptions {
+            plots: true,
+            ..opts(&out)
+        },
+    )
+    .unwrap();
+    let Outcome::Diverged {
+        step,
+        reason,
+        first_non_finite,
+    } = &summary.outcome
+    else {
+        panic!("expected a diverged run, got {:?}", summary.outcome);
     };
-    let err = run(Some(cfg), &opts(&out)).unwrap_err();
-    match &err {
-        Error::NonFinite { step, .. } => assert!(*step <= 5, "{err}"),
-        other => panic!("expected NonFinite, got {other}"),
+    assert!((2..=5).contains(step), "diverged at step {step}");
+    assert_eq!(summary.steps, step - 1);
+    assert_eq!(summary.outcome.exit_code(), 3);
+    let recs = tasks::metrics::read_records(&out.join(METRICS_FILE)).unwrap();
+    let last = recs.last().unwrap();
+    assert_eq!(last["step"], *step);
+    assert_eq!(last["diverged"], true);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["outcome"], "diverged");
+    assert_eq!(json["diverged_at_step"], *step);
+    assert_eq!(json["reason"], reason.as_str());
+    // An AdamW step of 1e30 leaves every weight finite in f32 but overflows the activations:
+    // the loss is NaN and no parameter is non-finite.
+    assert_eq!(reason, "loss is NaN");
+    assert_eq!(*first_non_finite, None);
+    assert_eq!(last["loss"], serde_json::Value::Null);
+    assert_eq!(json["first_non_finite"], serde_json::Value::Null);
+    for f in ["loss.svg", "entropy.svg"] {
+        assert!(out.join(f).exists(), "{f} missing");
     }
-    assert!(err.to_string().contains("at step"), "{err}");
+    // The checkpoint holds the last good step, not the diverged one.
+    let ckpt = Checkpoint::load(&out.join(CHECKPOINT_FILE));
+    assert!(ckpt.map_or(true, |c| (c.step as usize) < *step));
     std::fs::remove_dir_all(&out).unwrap();
 }
 
-fn config_error(cfg: RunConfig, out: &Path) -> String {
+#[test]
+fn a_loss_above_max_loss_is_a_divergence_without_a_non_finite_parameter() {
+    let out = tmp("max-loss");
+    let cfg = train_with(tiny(Variant::PreLn, 20), |t| t.max_loss = 1.0);
+    let summary = run(Some(cfg), &opts(&out)).unwrap();
+    assert_eq!(
+        summary.outcome,
+        Outcome::Diverged {
+            step: 1,
+            reason: format!("loss {} is above --max-loss 1", summary.train_loss),
+            first_non_finite: None,
+        }
+    );
+    assert!(summary.train_loss > 3.8);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+fn config_error(cfg: Cfg, out: &Path) -> String {
     match run(Some(cfg), &opts(out)) {
         Err(e @ Error::Config(_)) => e.to_string(),
         other => panic!("expected a configuration error, got {other:?}"),
@@ -204,68 +292,59 @@ fn config_error(cfg: RunConfig, out: &Path) -> String {
 fn invalid_settings_are_refused_naming_the_flag_before_anything_is_written() {
     let out = tmp("invalid");
     let base = tiny(Variant::PreLn, 10);
-    let cases: Vec<(RunConfig, &str)> = vec![
+    let cases: Vec<(Cfg, &str)> = vec![
         (
-            RunConfig {
-                temperature: 0.0,
-                ..base.clone()
-            },
+            lm_with(base.clone(), |l| {
+                l.temperature = 0.0;
+            }),
             "--temperature must be finite and > 0, got 0",
         ),
         (
-            RunConfig {
-                temperature: f64::NAN,
-                ..base.clone()
-            },
+            lm_with(base.clone(), |l| {
+                l.temperature = f64::NAN;
+            }),
             "--temperature must be finite and > 0, got NaN",
         ),
         (
-            RunConfig {
-                grad_clip: -1.0,
-                ..base.clone()
-            },
+            train_with(base.clone(), |t| {
+                t.grad_clip = -1.0;
+            }),
             "--grad-clip must be finite and > 0, got -1",
         ),
         (
-            RunConfig {
-                lr: 0.0,
-                ..base.clone()
-            },
+            train_with(base.clone(), |t| {
+                t.lr = 0.0;
+            }),
             "--lr must be finite and > 0, got 0",
         ),
         (
-            RunConfig {
-                weight_decay: -0.1,
-                ..base.clone()
-            },
+            train_with(base.clone(), |t| {
+                t.weight_decay = -0.1;
+            }),
             "--weight-decay must be finite and >= 0, got -0.1",
         ),
         (
-            RunConfig {
-                emb_std: 0.0,
-                ..base.clone()
-            },
+            lm_with(base.clone(), |l| {
+                l.emb_std = 0.0;
+            }),
             "--emb-std must be finite and > 0, got 0",
         ),
         (
-            RunConfig {
-                gamma_lr_scale: f64::INFINITY,
-                ..base.clone()
-            },
+            train_with(base.clone(), |t| {
+                t.gamma_lr_scale = f64::INFINITY;
+            }),
             "--gamma-lr-scale must be finite and >= 0, got inf",
         ),
         (
-            RunConfig {
-                residual_scale: f64::NAN,
-                ..base.clone()
-            },
+            lm_with(base.clone(), |l| {
+                l.residual_scale = f64::NAN;
+            }),
             "--residual-scale must be finite and > 0, got NaN",
         ),
         (
-            RunConfig {
-                n_layers: 0,
-                ..base.clone()
-            },
+            lm_with(base.clone(), |l| {
+                l.n_layers = 0;
+            }),
             "--n-layers must be at least 1",
         ),
     ];
@@ -274,10 +353,9 @@ fn invalid_settings_are_refused_naming_the_flag_before_anything_is_written() {
     }
     if std::fs::read_to_string("/proc/meminfo").is_ok() {
         let err = config_error(
-            RunConfig {
-                seq_len: 100_000,
-                ..base.clone()
-            },
+            lm_with(base.clone(), |l| {
+                l.seq_len = 100_000;
+            }),
             &out,
         );
         // 2 layers × 8 sequences × 2 heads × 100000² × 4 bytes = 1.28e12 bytes.
@@ -293,7 +371,7 @@ fn invalid_settings_are_refused_naming_the_flag_before_anything_is_written() {
 fn data_that_is_a_directory_says_what_to_pass() {
     let out = tmp("data-dir");
     let dir = std::env::temp_dir();
-    let err = run(Some(tiny(Variant::PreLn, 10).with_data(&dir)), &opts(&out))
+    let err = run(Some(with_data(tiny(Variant::PreLn, 10), &dir)), &opts(&out))
         .unwrap_err()
         .to_string();
     assert!(
@@ -336,7 +414,8 @@ fn resume_of_a_finished_run_changes_nothing_and_a_missing_log_is_refused() {
     assert!(again.already_complete);
     assert_eq!(again.steps, 10);
     assert_eq!(again.train_loss, done.train_loss);
-    assert_eq!(again.val_loss, done.val_loss);
+    assert_eq!(again.eval, done.eval);
+    assert!(done.metric("val_loss").is_some());
     assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), summary);
 
     // A stopped run whose metrics log went missing cannot be resumed faithfully.
@@ -375,4 +454,137 @@ fn resume_of_a_finished_run_changes_nothing_and_a_missing_log_is_refused() {
     assert!(!stopped.join(METRICS_FILE).exists());
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_dir_all(&stopped).unwrap();
+}
+
+/// The `lm` binary on the tiny model: `args` after the size flags.
+fn lm_binary(args: &[&str]) -> std::process::Output {
+    let slice = slice();
+    let mut all = vec![
+        "--data",
+        slice.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "32",
+        "--d-model",
+        "32",
+        "--n-layers",
+        "2",
+        "--n-heads",
+        "2",
+        "--eval-batches",
+        "2",
+        "--quiet",
+    ];
+    all.extend_from_slice(args);
+    std::process::Command::new(env!("CARGO_BIN_EXE_lm"))
+        .args(all)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_binary_exits_with_status_3_on_divergence_and_0_when_done() {
+    let out = tmp("bin-diverge");
+    let o = lm_binary(&[
+        "--steps",
+        "20",
+        "--lr",
+        "1e30",
+        "--warmup",
+        "0",
+        "--grad-clip",
+        "1e30",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains(r#""outcome":"diverged""#), "{summary}");
+    let done = tmp("bin-done");
+    let o = lm_binary(&[
+        "--steps",
+        "2",
+        "--sample-chars",
+        "0",
+        "--out",
+        done.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    // --resume takes the saved configuration: other flags are refused with status 2.
+    let o = lm_binary(&["--resume", done.to_str().unwrap(), "--lr", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot be given with it") && err.contains("--lr") && err.contains("--data"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&done).unwrap();
+}
+
+#[test]
+fn sampling_a_saved_run_reproduces_its_sample_and_refuses_bad_prompts() {
+    let out = tmp("sample");
+    run(Some(tiny(Variant::SigmaReparam, 10)), &opts(&out)).unwrap();
+    let saved = std::fs::read_to_string(out.join("sample.txt")).unwrap();
+    assert_eq!(saved.chars().count(), 20);
+    // The run's seed (0), its temperature and the default prompt give the same text.
+    let again = tasks::lm::sample_from(&out, "\n", 20, 0.8, 0).unwrap();
+    assert_eq!(again, saved);
+    let other = tasks::lm::sample_from(&out, "ROMEO:", 50, 0.8, 1).unwrap();
+    assert_eq!(other.chars().count(), 50);
+    // Through the binary: the prompt, then the generated text.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lm"))
+        .args(["sample", "--from", out.to_str().unwrap(), "--chars", "20"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), format!("\n{saved}\n"));
+    let err = tasks::lm::sample_from(&out, "ROMEO: ☃", 5, 0.8, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1 are not among them"), "{err}");
+    let err = tasks::lm::sample_from(&out, "A", 5, 0.0, 0)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "--temperature must be finite and > 0, got 0");
+    let missing = out.join("nothing-here");
+    let err = tasks::lm::sample_from(&missing, "A", 5, 0.8, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("there is no checkpoint.safetensors here"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn every_optimizer_and_schedule_trains() {
+    use tasks::train::{OptimizerKind, Schedule};
+    for (optimizer, lr, schedule) in [
+        (OptimizerKind::Adamw, 3e-3, Schedule::Constant),
+        (OptimizerKind::Sgd, 0.3, Schedule::Cosine),
+        (OptimizerKind::Lars, 3.0, Schedule::Cosine),
+    ] {
+        let out = tmp(&format!("optim-{optimizer:?}"));
+        let cfg = train_with(tiny(Variant::SigmaReparam, 40), |t| {
+            t.optimizer = optimizer;
+            t.lr = lr;
+            t.schedule = schedule;
+            t.warmup = 0;
+        });
+        let summary = run(Some(cfg), &opts(&out)).unwrap();
+        let recs = tasks::metrics::read_records(&out.join(METRICS_FILE)).unwrap();
+        let first = recs[0]["loss"].as_f64().unwrap();
+        let last = summary.train_loss;
+        assert!(last < first - 0.5, "{optimizer:?}: loss {first} → {last}");
+        let lrs: Vec<f64> = recs.iter().map(|r| r["lr"].as_f64().unwrap()).collect();
+        match schedule {
+            Schedule::Constant => assert!(lrs.iter().all(|&x| x == lr), "{lrs:?}"),
+            Schedule::Cosine => assert!(lrs[lrs.len() - 1] < lr * 0.11, "{lrs:?}"),
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
 }

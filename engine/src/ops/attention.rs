@@ -17,7 +17,10 @@
 //! and a causal op computes only the blocks of `S`, `dP` and `dS` on or below the diagonal
 //! (3/4 of the products at T = 128). The output and the input gradients are written
 //! straight into `[batch, T, heads, d]` storage (returned as `[batch, heads, T, d]` views),
-//! so merging the heads back into `[batch, T, heads·d]` needs no copy.
+//! so merging the heads back into `[batch, T, heads·d]` needs no copy. On request
+//! ([`Tensor::scaled_dot_product_attention_with_entropy`]) the forward also takes each row's
+//! entropy `−Σ_j P_ij ln P_ij` from `P` as the row is made, for the attention-entropy
+//! diagnostic of Zhai et al. (ICML 2023).
 
 use crate::cpu::{widest, SendPtr, Widen};
 use crate::dtype::with_dtype;
@@ -219,23 +222,36 @@ unsafe fn assume_init<T>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
     unsafe { &mut *(x as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
+/// `−Σ p ln p` of one row of probabilities, in `f64` and in order; terms with `p = 0`
+/// count 0.
+fn row_entropy<T: Float>(row: &[T]) -> f64 {
+    row.iter()
+        .map(|&p| p.to_f64_lossless())
+        .filter(|&p| p > 0.0)
+        .map(|p| -p * p.ln())
+        .sum()
+}
+
 /// Forward for every (batch, head): returns `p` (`[b, h, t, s]`, zero above the causal
-/// diagonal) and `O` as dense `[b, t, h, dv]`. Neither is zero-filled first: the products
-/// and the softmax write every element.
+/// diagonal), `O` as dense `[b, t, h, dv]` and, per pair, the sum of its rows' entropies
+/// ([`row_entropy`] of each row's visible keys, rows in order) when `entropy` (0 for every
+/// pair otherwise). Neither `p` nor `O` is zero-filled first: the products and the softmax
+/// write every element.
 fn forward<T: Float>(
     d: Dims,
     scale: T,
     (q, lq): (&[T], &Layout),
     (k, lk): (&[T], &Layout),
     (v, lv): (&[T], &Layout),
-) -> (Vec<T>, Vec<T>) {
+    entropy: bool,
+) -> (Vec<T>, Vec<T>, Vec<f64>) {
     let (np, no) = (d.b * d.h * d.t * d.s, d.b * d.t * d.h * d.dv);
     let (mut p, mut o) = (Vec::with_capacity(np), Vec::<T>::with_capacity(no));
     let out = SendPtr(o.as_mut_ptr());
-    p.spare_capacity_mut()[..np]
+    let pair_entropy = p.spare_capacity_mut()[..np]
         .par_chunks_mut((d.t * d.s).max(1))
         .enumerate()
-        .for_each(|(pair, pp)| {
+        .map(|(pair, pp)| {
             #[allow(clippy::redundant_locals)]
             let out = out;
             let (b, h) = (pair / d.h, pair % d.h);
@@ -246,6 +262,7 @@ fn forward<T: Float>(
                 cs: 1,
             };
             let mo = Mat::heads_inner(d.t, d.h, d.dv, b, h);
+            let mut ent = 0.0;
             for (r0, r1, cols) in d.row_blocks() {
                 // SAFETY: every matrix lies in its buffer (layouts were validated when the
                 // tensors were built; `pp` is this pair's t×s block), and each pair writes
@@ -268,6 +285,13 @@ fn forward<T: Float>(
                     pp: &mut *pp,
                     rows: (r0, r1),
                 });
+                if entropy {
+                    // SAFETY: the rows `r0..r1` of `pp` were all written by the softmax.
+                    let rows = unsafe { assume_init(&mut pp[r0 * d.s..r1 * d.s]) };
+                    for (i, row) in (r0..r1).zip(rows.chunks(d.s)) {
+                        ent += row_entropy(&row[..d.visible(i)]);
+                    }
+                }
                 // SAFETY: as above; the rows `r0..r1` of `pp` are now all written.
                 unsafe {
                     gemm(
@@ -281,14 +305,16 @@ fn forward<T: Float>(
                     );
                 }
             }
-        });
+            ent
+        })
+        .collect();
     // SAFETY: the row blocks cover every row of every pair, so all `np` probabilities and
     // all `no` outputs were written above.
     unsafe {
         p.set_len(np);
         o.set_len(no);
     }
-    (p, o)
+    (p, o, pair_entropy)
 }
 
 /// Backward for every (batch, head) given `dO` (`g`): `dQ`, `dK`, `dV` as dense
@@ -441,6 +467,38 @@ impl Tensor {
         causal: bool,
         scale: f64,
     ) -> Result<Tensor> {
+        Ok(self.attend(k, v, causal, scale, false)?.0)
+    }
+
+    /// [`Tensor::scaled_dot_product_attention`] that also returns the mean attention
+    /// entropy per head (`heads` values, in nats): `−Σ_j P_ij ln P_ij` of every probability
+    /// row the output was computed from (masked keys, with `P = 0`, count 0), averaged over
+    /// batch and query rows; 0 for every head when there is no row. Taken from the op's own
+    /// `P` inside its row loop, while each row is still in cache: no second product and no
+    /// extra pass, only one `ln` per visible probability (the entropy diagnostic of Zhai et
+    /// al., ICML 2023, section 3). Summed in `f64` in a fixed order (each (batch, head)
+    /// adds its rows in order within one task, then each head adds its batch entries in
+    /// order), so the values are the same bits at any thread count. The output and its
+    /// gradients are exactly those of `scaled_dot_product_attention`. Errors as that.
+    pub fn scaled_dot_product_attention_with_entropy(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        causal: bool,
+        scale: f64,
+    ) -> Result<(Tensor, Vec<f64>)> {
+        self.attend(k, v, causal, scale, true)
+    }
+
+    /// The fused attention, with the mean entropy per head when `entropy` (empty otherwise).
+    fn attend(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        causal: bool,
+        scale: f64,
+        entropy: bool,
+    ) -> Result<(Tensor, Vec<f64>)> {
         self.check_same(OP, k)?;
         self.check_same(OP, v)?;
         let mismatch = |other: &Tensor| Error::ShapeMismatch {
@@ -494,18 +552,31 @@ impl Tensor {
             dv,
             causal,
         };
-        let (p, out) = with_dtype!(self.dtype(), T => {
+        let (p, out, pair_entropy) = with_dtype!(self.dtype(), T => {
             let sc = T::from_f64_lossy(scale);
-            let (p, o) = self.with_cpu::<T, _>(OP, |qd, lq| {
+            let (p, o, e) = self.with_cpu::<T, _>(OP, |qd, lq| {
                 k.with_cpu::<T, _>(OP, |kd, lk| {
-                    v.with_cpu::<T, _>(OP, |vd, lv| forward(d, sc, (qd, lq), (kd, lk), (vd, lv)))
+                    v.with_cpu::<T, _>(OP, |vd, lv| {
+                        forward(d, sc, (qd, lq), (kd, lk), (vd, lv), entropy)
+                    })
                 })
             })???;
-            (Tensor::from_vec(p, &[b, h, t, s])?, heads_view(o, b, t, h, dv)?)
+            (Tensor::from_vec(p, &[b, h, t, s])?, heads_view(o, b, t, h, dv)?, e)
         });
+        let head_entropy = if entropy {
+            // Pairs in order, so each head adds its batch entries in order.
+            let mut sums = vec![0.0; h];
+            for (pair, e) in pair_entropy.iter().enumerate() {
+                sums[pair % h] += e;
+            }
+            let rows = (b * t).max(1) as f64;
+            sums.into_iter().map(|e| e / rows).collect()
+        } else {
+            Vec::new()
+        };
         let (q, kk, vv) = (self.detach(), k.detach(), v.detach());
         let needs = [self.requires_grad(), k.requires_grad(), v.requires_grad()];
-        Ok(out.record(&[self, k, v], OP, move |g| {
+        let out = out.record(&[self, k, v], OP, move |g| {
             let grads = with_dtype!(g.dtype(), T => {
                 let sc = T::from_f64_lossy(scale);
                 let [gq, gk, gv] = q.with_cpu::<T, _>(OP, |qd, lq| {
@@ -530,7 +601,8 @@ impl Tensor {
                 .zip(needs)
                 .map(|(g, need)| need.then_some(g))
                 .collect())
-        }))
+        });
+        Ok((out, head_entropy))
     }
 }
 

@@ -79,6 +79,10 @@ pub enum Activation {
     /// GELU, tanh approximation, exactly as [`Tensor::gelu`] computes it (same values,
     /// same gradients).
     Gelu,
+    /// ReLU `max(y, 0)`, exactly as [`Tensor::relu`] computes it: derivative 1 where
+    /// `y > 0`, else 0 (also at the kink `y = 0`, as PyTorch), and a NaN `y` gives 0 as
+    /// `Tensor::relu` does.
+    Relu,
 }
 
 impl Activation {
@@ -161,57 +165,113 @@ impl Tensor {
 mod tests {
     use super::*;
     use crate::cpu::on_threads;
-    use crate::{sigma_reparam_linear, sigma_reparam_linear_act, DType, PowerIterState};
+    use crate::{gradcheck, sigma_reparam_linear, sigma_reparam_linear_act, DType, PowerIterState};
     use rand::SeedableRng;
 
-    /// `linear_act(Gelu)` and `sigma_reparam_linear_act(Gelu)` give the bits of the op
-    /// followed by `gelu`, in the output and in every gradient, with products large enough
-    /// to be split into blocks across 1 and 3 threads; without grad mode the output is the
-    /// same too.
+    /// `linear_act(act)` and `sigma_reparam_linear_act(act)` give the bits of the op
+    /// followed by the activation's own op (`gelu`, `relu`), in the output and in every
+    /// gradient, in f32 and f64, with products large enough to be split into blocks across 1
+    /// and 3 threads; without grad mode the output is the same too.
     #[test]
-    fn fused_gelu_matches_the_op_then_gelu_bit_for_bit() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        let x = Tensor::randn(&[3, 90, 70], 0.0, 1.0, DType::F32, &mut rng);
-        let w = Tensor::randn(&[130, 70], 0.0, 0.3, DType::F32, &mut rng);
-        let b = Tensor::randn(&[130], 0.0, 1.0, DType::F32, &mut rng);
-        let gamma = Tensor::full(&[1], 1.5, DType::F32);
-        let g = Tensor::randn(&[3, 90, 130], 0.0, 1.0, DType::F32, &mut rng);
-        let state = PowerIterState::init(&w, 1e-6, 500).unwrap();
-        // Output and gradients of (x, W, b, γ) of `f` on fresh leaves.
-        let run = |f: &dyn Fn(&[Tensor]) -> Result<Tensor>| {
-            let leaves: Vec<Tensor> = [&x, &w, &b, &gamma]
-                .iter()
-                .map(|t| t.detach().requires_grad_(true).unwrap())
-                .collect();
-            let y = f(&leaves).unwrap();
-            y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
-            let no_grad_y = crate::no_grad(|| f(&leaves)).unwrap();
-            assert_eq!(
-                no_grad_y.to_vec::<f32>().unwrap(),
-                y.to_vec::<f32>().unwrap()
-            );
-            let mut out = vec![y.to_vec::<f32>().unwrap()];
-            for l in &leaves {
-                out.push(l.grad().map_or(vec![], |t| t.to_vec::<f32>().unwrap()));
+    fn fused_activations_match_the_op_then_the_activation_bit_for_bit() {
+        type Op = fn(&Tensor) -> Result<Tensor>;
+        let acts: [(Activation, Op); 2] = [
+            (Activation::Gelu, Tensor::gelu),
+            (Activation::Relu, Tensor::relu),
+        ];
+        for dtype in [DType::F32, DType::F64] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+            let x = Tensor::randn(&[3, 90, 70], 0.0, 1.0, dtype, &mut rng);
+            let w = Tensor::randn(&[130, 70], 0.0, 0.3, dtype, &mut rng);
+            let b = Tensor::randn(&[130], 0.0, 1.0, dtype, &mut rng);
+            let gamma = Tensor::full(&[1], 1.5, dtype);
+            let g = Tensor::randn(&[3, 90, 130], 0.0, 1.0, dtype, &mut rng);
+            let state = PowerIterState::init(&w, 1e-6, 500).unwrap();
+            // Output and gradients of (x, W, b, γ) of `f` on fresh leaves, as f64 bits.
+            let run = |f: &dyn Fn(&[Tensor]) -> Result<Tensor>| {
+                let leaves: Vec<Tensor> = [&x, &w, &b, &gamma]
+                    .iter()
+                    .map(|t| t.detach().requires_grad_(true).unwrap())
+                    .collect();
+                let y = f(&leaves).unwrap();
+                y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+                let bits = |t: &Tensor| -> Vec<u64> {
+                    t.to_vec_f64()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect()
+                };
+                let no_grad_y = crate::no_grad(|| f(&leaves)).unwrap();
+                assert_eq!(bits(&no_grad_y), bits(&y));
+                let mut out = vec![bits(&y)];
+                for l in &leaves {
+                    out.push(l.grad().map_or(vec![], |t| bits(&t)));
+                }
+                out
+            };
+            for (act, apply) in acts {
+                let plain_fused = |t: &[Tensor]| t[0].linear_act(&t[1], Some(&t[2]), act);
+                let plain = |t: &[Tensor]| apply(&t[0].linear(&t[1], Some(&t[2]))?);
+                let sigma_fused = |t: &[Tensor]| {
+                    sigma_reparam_linear_act(&t[0], &t[1], &t[3], Some(&t[2]), &state, false, act)
+                };
+                let sigma = |t: &[Tensor]| {
+                    apply(&sigma_reparam_linear(
+                        &t[0],
+                        &t[1],
+                        &t[3],
+                        Some(&t[2]),
+                        &state,
+                        false,
+                    )?)
+                };
+                for threads in [1, 3] {
+                    let want = on_threads(threads, || run(&plain));
+                    assert!(want[1..4].iter().all(|g| !g.is_empty()));
+                    assert!(on_threads(threads, || run(&plain_fused)) == want, "{act:?}");
+                    let want = on_threads(threads, || run(&sigma));
+                    assert!(want[1..].iter().all(|g| !g.is_empty()));
+                    assert!(on_threads(threads, || run(&sigma_fused)) == want, "{act:?}");
+                }
             }
-            out
-        };
-        let gelu = Activation::Gelu;
-        let plain_fused = |t: &[Tensor]| t[0].linear_act(&t[1], Some(&t[2]), gelu);
-        let plain = |t: &[Tensor]| t[0].linear(&t[1], Some(&t[2]))?.gelu();
-        let sigma_fused = |t: &[Tensor]| {
-            sigma_reparam_linear_act(&t[0], &t[1], &t[3], Some(&t[2]), &state, false, gelu)
-        };
-        let sigma = |t: &[Tensor]| {
-            sigma_reparam_linear(&t[0], &t[1], &t[3], Some(&t[2]), &state, false)?.gelu()
-        };
-        for threads in [1, 3] {
-            let want = on_threads(threads, || run(&plain));
-            assert!(want[1..4].iter().all(|g| !g.is_empty()));
-            assert!(on_threads(threads, || run(&plain_fused)) == want);
-            let want = on_threads(threads, || run(&sigma));
-            assert!(want[1..].iter().all(|g| !g.is_empty()));
-            assert!(on_threads(threads, || run(&sigma_fused)) == want);
         }
+    }
+
+    /// Fused ReLU: the values by hand (a NaN pre-activation gives 0, as `Tensor::relu`),
+    /// and finite-difference gradients of the plain and σReparam linear maps with it.
+    #[test]
+    fn fused_relu_values_and_gradcheck() {
+        let x = Tensor::from_f64s(&[1.0, -2.0, f64::NAN, 1.0], &[2, 2], DType::F64).unwrap();
+        let w = Tensor::from_f64s(&[1.0, 1.0, 2.0, 0.5], &[2, 2], DType::F64).unwrap();
+        let b = Tensor::from_f64s(&[0.5, 0.0], &[2], DType::F64).unwrap();
+        // Row 0: [1 − 2 + 0.5, 2 − 1] = [−0.5, 1] → [0, 1]; row 1 is NaN → [0, 0].
+        let y = x.linear_act(&w, Some(&b), Activation::Relu).unwrap();
+        assert_eq!(y.to_vec_f64().unwrap(), [0.0, 1.0, 0.0, 0.0]);
+        let y = x.linear(&w, Some(&b)).unwrap().relu().unwrap();
+        assert_eq!(y.to_vec_f64().unwrap(), [0.0, 1.0, 0.0, 0.0]);
+
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let x = Tensor::randn(&[2, 3, 4], 0.0, 1.0, DType::F64, &mut rng);
+        let w = Tensor::randn(&[5, 4], 0.0, 1.0, DType::F64, &mut rng);
+        let b = Tensor::randn(&[5], 0.0, 1.0, DType::F64, &mut rng);
+        let relu = Activation::Relu;
+        gradcheck(
+            |t| t[0].linear_act(&t[1], Some(&t[2]), relu),
+            &[x.clone(), w.clone(), b.clone()],
+        )
+        .unwrap();
+        gradcheck(
+            |t| t[0].linear_act(&t[1], None, relu),
+            &[x.clone(), w.clone()],
+        )
+        .unwrap();
+        let state = PowerIterState::init(&w, 1e-9, 500).unwrap();
+        let gamma = Tensor::full(&[1], 1.5, DType::F64);
+        gradcheck(
+            |t| sigma_reparam_linear_act(&t[0], &t[1], &t[3], Some(&t[2]), &state, false, relu),
+            &[x, w, b, gamma],
+        )
+        .unwrap();
     }
 }

@@ -10,7 +10,7 @@ use crate::cpu::{widest, SendPtr, Widen};
 use crate::dtype::with_dtype;
 use crate::layout::{broadcast_shapes, Layout};
 use crate::ops::linear::Activation;
-use crate::ops::unary::{gelu_tanh, gelu_tanh_and_grad};
+use crate::ops::unary::{gelu_tanh, gelu_tanh_and_grad, relu, relu_and_grad};
 use crate::{Error, Float, Result, Tensor};
 use rayon::prelude::*;
 
@@ -176,6 +176,15 @@ impl<T: Float> Widen for BlockEpilogue<'_, T> {
                         unsafe { std::slice::from_raw_parts_mut(dy.add(row * self.n), self.cols) };
                     for (v, dv) in dst.iter_mut().zip(d) {
                         (*v, *dv) = gelu_tanh_and_grad(*v);
+                    }
+                }
+                (Activation::Relu, None) => dst.iter_mut().for_each(|v| *v = relu(*v)),
+                (Activation::Relu, Some(dy)) => {
+                    // SAFETY: as above.
+                    let d =
+                        unsafe { std::slice::from_raw_parts_mut(dy.add(row * self.n), self.cols) };
+                    for (v, dv) in dst.iter_mut().zip(d) {
+                        (*v, *dv) = relu_and_grad(*v);
                     }
                 }
             }
@@ -354,7 +363,7 @@ mod tests {
     use crate::DType;
     use rand::{Rng, SeedableRng};
 
-    /// The product epilogue (bias, then GELU with its derivative) gives the same bits
+    /// The product epilogue (bias, then GELU or ReLU with its derivative) gives the same bits
     /// through every copy this CPU can run, on a block narrower than its row stride with a
     /// width that leaves vector tails.
     #[test]
@@ -363,7 +372,7 @@ mod tests {
         let (rows, n, cols, c0) = (5, 40, 37, 2);
         let c: Vec<f32> = (0..rows * n).map(|_| rng.gen_range(-12.0..12.0)).collect();
         let bias: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        let run = |copy, with_grad: bool| {
+        let run = |copy, with_grad: bool, act| {
             let (mut y, mut dy) = (c.clone(), vec![0.0f32; rows * n]);
             let k = BlockEpilogue {
                 c: y[c0..].as_mut_ptr(),
@@ -372,21 +381,23 @@ mod tests {
                 rows,
                 cols,
                 bias: Some(&bias[c0..c0 + cols]),
-                act: Activation::Gelu,
+                act,
             };
             run_as(copy, k);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             (bits(&y), bits(&dy))
         };
-        for with_grad in [false, true] {
-            let base = run(WideCopy::Baseline, with_grad);
-            // Columns outside the block are untouched.
-            assert_eq!(
-                base.0[..c0],
-                c[..c0].iter().map(|x| x.to_bits()).collect::<Vec<_>>()[..]
-            );
-            for copy in wide_copies() {
-                assert!(run(copy, with_grad) == base, "{copy:?}");
+        for act in [Activation::Gelu, Activation::Relu] {
+            for with_grad in [false, true] {
+                let base = run(WideCopy::Baseline, with_grad, act);
+                // Columns outside the block are untouched.
+                assert_eq!(
+                    base.0[..c0],
+                    c[..c0].iter().map(|x| x.to_bits()).collect::<Vec<_>>()[..]
+                );
+                for copy in wide_copies() {
+                    assert!(run(copy, with_grad, act) == base, "{copy:?} {act:?}");
+                }
             }
         }
     }

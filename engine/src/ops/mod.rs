@@ -8,6 +8,7 @@ mod linear;
 mod loss;
 mod matmul;
 mod norm;
+mod normalize;
 mod reduce;
 mod select;
 mod softmax;

@@ -1,9 +1,9 @@
-//! Reductions over dimensions: sum, mean, max.
+//! Reductions over dimensions: sum, mean, max, argmax.
 //!
 //! Results never depend on the thread count: each output is reduced by one thread, and a
 //! long reduction is cut into fixed-size chunks whose partial results combine in order.
 
-use crate::cpu::{lane_sum, LANES};
+use crate::cpu::{lane_sum, map_rows, LANES};
 use crate::dtype::with_dtype;
 use crate::layout::Layout;
 use crate::{Error, Float, Result, Tensor};
@@ -185,6 +185,47 @@ impl Tensor {
             Ok(vec![Some(g.reshape(&keep_shape)?.mul(&mask)?.div(&count)?)])
         }))
     }
+
+    /// The index of the maximum along `dim` (PyTorch `argmax(dim)`), one per position of the
+    /// other dims, in row-major order of those dims (the elements of
+    /// `max(&[dim], false)`). Ties give the first index. NaN counts as larger than every
+    /// number, as in PyTorch: a run holding NaN gives the index of its first NaN. Not
+    /// differentiable.
+    ///
+    /// Errors with [`Error::DimOutOfRange`] when `dim` is not below the rank, and with
+    /// [`Error::InvalidArgument`] naming the shape when dim `dim` is empty.
+    pub fn argmax(&self, dim: usize) -> Result<Vec<usize>> {
+        self.check_dim("argmax", dim)?;
+        let n = self.shape()[dim];
+        if n == 0 {
+            return Err(Error::invalid(
+                "argmax",
+                format!("dim {dim} of shape {:?} is empty", self.shape()),
+            ));
+        }
+        // `dim` moved last, so each run of `n` is one output, in the order of the other dims.
+        let mut perm: Vec<usize> = (0..self.rank()).filter(|&d| d != dim).collect();
+        perm.push(dim);
+        let x = crate::no_grad(|| self.permute(&perm)?.contiguous())?;
+        with_dtype!(self.dtype(), T => x.with_data(|v: &[T]| {
+            map_rows(v.len() / n, n, |r| first_max(&v[r * n..(r + 1) * n]))
+        }))
+    }
+}
+
+/// The index of the first maximum of a non-empty `x`, NaN above every number (so the first
+/// NaN, if any).
+fn first_max<T: Float>(x: &[T]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate().skip(1) {
+        if x[best].is_nan() {
+            break;
+        }
+        if v > x[best] || v.is_nan() {
+            best = i;
+        }
+    }
+    best
 }
 
 /// A non-contiguous `l` that is a permutation of dense data (heads split by `permute`, a
@@ -348,6 +389,38 @@ mod tests {
         );
         // Kept dims out of memory order: no reordering (the output order would change).
         assert!(memory_order(x.t().unwrap().layout(), &[]).is_none());
+    }
+
+    /// Indices in row-major order of the other dims, the first of tied maxima, the first
+    /// NaN of a run holding NaN (as PyTorch), on a permuted view too; errors on a bad or
+    /// empty dim.
+    #[test]
+    fn argmax_values_ties_nan_and_errors() {
+        let nan = f64::NAN;
+        // [2, 3, 2]: element (i, j, k) at 6i + 2j + k.
+        let v = [
+            1.0, 5.0, 7.0, 5.0, 7.0, -1.0, //
+            2.0, nan, 2.0, 0.0, -3.0, nan,
+        ];
+        for dtype in [DType::F32, DType::F64] {
+            let x = Tensor::from_f64s(&v, &[2, 3, 2], dtype).unwrap();
+            // Over dim 1, outputs (i, k): 1,7,7 → 1; 5,5,−1 → 0; 2,2,−3 → 0; NaN,0,NaN → 0.
+            assert_eq!(x.argmax(1).unwrap(), [1, 0, 0, 0]);
+            assert_eq!(x.argmax(2).unwrap(), [1, 0, 0, 1, 0, 1]);
+            assert_eq!(x.argmax(0).unwrap(), [1, 1, 0, 0, 0, 1]);
+            let p = x.permute(&[2, 0, 1]).unwrap();
+            assert_eq!(p.argmax(2).unwrap(), [1, 0, 0, 0]);
+            assert_eq!(p.argmax(1).unwrap(), [1, 0, 0, 1, 0, 1]);
+        }
+        let x = Tensor::from_f64s(&[1.0, 9.0, nan, 10.0, nan], &[5], DType::F64).unwrap();
+        assert_eq!(x.argmax(0).unwrap(), [2]);
+        let x = Tensor::from_f64s(&[3.0, 3.0, 3.0], &[3], DType::F64).unwrap();
+        assert_eq!(x.argmax(0).unwrap(), [0]);
+        assert!(matches!(x.argmax(1), Err(Error::DimOutOfRange { .. })));
+        let e = Tensor::zeros(&[2, 0], DType::F64);
+        let err = e.argmax(1).unwrap_err().to_string();
+        assert!(err.contains("dim 1 of shape [2, 0] is empty"), "{err}");
+        assert!(e.argmax(0).unwrap().is_empty());
     }
 
     /// Runs long enough for the interleaved lanes (and one past `CHUNK`) give the exact sum

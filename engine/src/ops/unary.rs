@@ -55,13 +55,7 @@ impl Unary {
             Unary::Sqrt => kernel(x, with_grad, |v| v.sqrt(), |_, y| half / y),
             Unary::Tanh => kernel(x, with_grad, |v| v.tanh(), |_, y| one - y * y),
             Unary::Sigmoid => kernel(x, with_grad, sigmoid, |_, y| y * (one - y)),
-            // Convention at the kink: relu'(0) = 0 (as PyTorch).
-            Unary::Relu => kernel(
-                x,
-                with_grad,
-                |v| if v > T::zero() { v } else { T::zero() },
-                |x, _| if x > T::zero() { one } else { T::zero() },
-            ),
+            Unary::Relu => kernel_with(x, with_grad, relu, relu_and_grad),
             Unary::GeluTanh => kernel_with(x, with_grad, gelu_tanh, gelu_tanh_and_grad),
             Unary::GeluErf => {
                 let (r, r2pi) = (c(FRAC_1_SQRT_2), c(FRAC_1_SQRT_2PI));
@@ -105,6 +99,24 @@ fn kernel_with<T: Float>(
         (y, Some(dy))
     } else {
         (map(x, f), None)
+    }
+}
+
+/// ReLU of one value: `x` where `x > 0`, else 0 (so NaN gives 0).
+#[inline(always)]
+pub(crate) fn relu<T: Float>(x: T) -> T {
+    relu_and_grad(x).0
+}
+
+/// ReLU and its derivative at `x`: `(x, 1)` where `x > 0`, else `(0, 0)` (the convention
+/// at the kink, `relu'(0) = 0`, is PyTorch's). Shared by [`Tensor::relu`] and the fused
+/// `linear_act`, so both give the same bits.
+#[inline(always)]
+pub(crate) fn relu_and_grad<T: Float>(x: T) -> (T, T) {
+    if x > T::zero() {
+        (x, T::one())
+    } else {
+        (T::zero(), T::zero())
     }
 }
 
