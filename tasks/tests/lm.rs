@@ -74,6 +74,7 @@ fn opts(out: &Path) -> RunOptions {
         verbose: false,
         plots: false,
         fetch: false,
+        overwrite: false,
     }
 }
 
@@ -347,6 +348,22 @@ fn invalid_settings_are_refused_naming_the_flag_before_anything_is_written() {
             }),
             "--n-layers must be at least 1",
         ),
+        (
+            train_with(base.clone(), |t| t.momentum = 1.0),
+            "--momentum must be in [0, 1), got 1",
+        ),
+        (
+            train_with(base.clone(), |t| t.max_loss = f64::NAN),
+            "--max-loss must be finite and > 0, got NaN",
+        ),
+        (
+            train_with(base.clone(), |t| t.min_lr_ratio = -1.0),
+            "--min-lr-ratio must be finite and >= 0, got -1",
+        ),
+        (
+            train_with(base.clone(), |t| t.eval_every = 0),
+            "--eval-every must be at least 1",
+        ),
     ];
     for (cfg, expected) in cases {
         assert_eq!(config_error(cfg, &out), expected);
@@ -587,4 +604,43 @@ fn every_optimizer_and_schedule_trains() {
         }
         std::fs::remove_dir_all(&out).unwrap();
     }
+}
+
+#[test]
+fn a_directory_holding_a_run_is_refused_unless_overwrite() {
+    let out = tmp("overwrite");
+    run(
+        Some(tiny(Variant::PreLn, 10)),
+        &RunOptions {
+            stop_after: Some(5),
+            ..opts(&out)
+        },
+    )
+    .unwrap();
+    let metrics = std::fs::read(out.join(METRICS_FILE)).unwrap();
+    let checkpoint = std::fs::read(out.join(CHECKPOINT_FILE)).unwrap();
+    let err = config_error(tiny(Variant::PreLn, 10), &out);
+    let dir = out.display();
+    assert_eq!(
+        err,
+        format!(
+            "{dir} already holds a run; continue it with --resume {dir}, or pass --overwrite \
+             to start over (its files will be replaced)"
+        )
+    );
+    assert_eq!(std::fs::read(out.join(METRICS_FILE)).unwrap(), metrics);
+    assert_eq!(
+        std::fs::read(out.join(CHECKPOINT_FILE)).unwrap(),
+        checkpoint
+    );
+    let again = run(
+        Some(tiny(Variant::PreLn, 10)),
+        &RunOptions {
+            overwrite: true,
+            ..opts(&out)
+        },
+    )
+    .unwrap();
+    assert_eq!(again.steps, 10);
+    std::fs::remove_dir_all(&out).unwrap();
 }

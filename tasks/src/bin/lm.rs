@@ -57,7 +57,7 @@ enum Command {
 
 fn main() {
     tasks::keep_freed_memory();
-    let cli = parse_cli::<Cli>();
+    let cli = parse_cli::<Cli, Lm>();
     match cli.args.command {
         Some(Command::Sample {
             from,

@@ -1,7 +1,7 @@
 //! What every task binary does around [`run`]: parse, check `--resume`'s companions, set
 //! the thread count, resolve the recipe, run, and exit with a status that says how it went.
 
-use super::{run, RunOptions, Task, TrainArgs, RESUME_FLAGS};
+use super::{run, RunOptions, Task, TrainArgs, Variant, RESUME_FLAGS};
 use crate::Error;
 use clap::parser::ValueSource;
 use clap::ArgMatches;
@@ -22,9 +22,32 @@ pub fn fail(msg: impl std::fmt::Display) -> ! {
     std::process::exit(2);
 }
 
-/// Parse the command line into `A` (exiting with clap's message on a bad one).
-pub fn parse_cli<A: clap::Parser>() -> ParsedCli<A> {
-    let command = A::command();
+/// The defaults of `T`'s shared flags for each `--variant`, for `--help`.
+pub fn recipes<T: Task>() -> String {
+    let mut out = String::from("Defaults of the shared flags (the recipe) per --variant:\n");
+    for v in <Variant as clap::ValueEnum>::value_variants() {
+        let c = T::defaults(*v);
+        out += &format!(
+            "  {:<22} --optimizer {} --lr {} --warmup {} --weight-decay {} --steps {} \
+             --eval-every {} --checkpoint-every {}\n",
+            v.name(),
+            clap::ValueEnum::to_possible_value(&c.optimizer)
+                .map_or(String::new(), |p| p.get_name().to_string()),
+            c.lr,
+            c.warmup,
+            c.weight_decay,
+            c.steps,
+            c.eval_every,
+            c.checkpoint_every
+        );
+    }
+    out
+}
+
+/// Parse the command line into `A` (exiting with clap's message on a bad one), with
+/// [`recipes`] of `T` at the end of `--help`.
+pub fn parse_cli<A: clap::Parser, T: Task>() -> ParsedCli<A> {
+    let command = A::command().after_help(recipes::<T>());
     let ids: Vec<String> = command
         .get_arguments()
         .map(|a| a.get_id().as_str().to_string())
@@ -87,6 +110,7 @@ pub fn run_cli<T: Task>(train: &TrainArgs, cfg: T::Config, given: &[String]) -> 
         verbose: !train.quiet,
         plots: true,
         fetch: !train.no_fetch,
+        overwrite: train.overwrite,
     };
     match run::<T>(Some((resolved, cfg)), &opts) {
         Ok(summary) => std::process::exit(summary.outcome.exit_code()),

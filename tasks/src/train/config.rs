@@ -275,6 +275,10 @@ pub struct TrainArgs {
     /// left as it is.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Start afresh in an --out directory that already holds a run, replacing its files
+    /// (without it, such a directory is refused).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Stop after this many steps (with a checkpoint), as if interrupted; --resume continues.
     #[arg(long)]
     pub stop_after: Option<usize>,

@@ -13,7 +13,7 @@ mod plots;
 mod runner;
 mod step;
 
-pub use cli::{fail, parse_cli, run_cli, set_threads, ParsedCli};
+pub use cli::{fail, parse_cli, recipes, run_cli, set_threads, ParsedCli};
 pub use config::{
     above_zero, at_least_zero, check_memory, positive, OptimizerKind, Schedule, TrainArgs,
     TrainConfig, Variant, RESUME_FLAGS,

@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub plots: bool,
     /// May run a fetch script when the default data is missing.
     pub fetch: bool,
+    /// Start afresh in an `out` that already holds a run (its files are replaced).
+    pub overwrite: bool,
 }
 
 /// How a run ended.
@@ -288,74 +290,38 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { path, source }
 }
 
-/// Train (or resume) a `T` per `cfg` (shared and task settings; `None` when resuming) and
-/// `opts`. Writes `metrics.jsonl` (a record every `log_every` steps, step 1 and the last
-/// step), `checkpoint.safetensors` (atomically, every `checkpoint_every` steps and at the
-/// stop), `summary.json`, the plots and the task's outputs to `opts.out`.
-///
-/// A diverged run is not an error: it returns [`Outcome::Diverged`] with its metrics, plots
-/// and summary written. Errors: invalid settings ([`Error::Config`], naming the flag, with
-/// nothing written), missing or unusable data, an unwritable output directory, a missing or
-/// corrupt checkpoint on resume.
-pub fn run<T: Task>(
-    cfg: Option<(TrainConfig, T::Config)>,
-    opts: &RunOptions,
-) -> Result<RunSummary> {
+/// Where a run starts: a trainer at a step with its metrics log open, or a resumed run that
+/// is already complete.
+enum Opened<T: Task> {
+    Ready {
+        tr: Box<Trainer<T>>,
+        start: usize,
+        log: MetricsLog,
+    },
+    Complete(RunSummary),
+}
+
+/// Set up a fresh run (settings checked, nothing written before they are) or restore a
+/// saved one (nothing created or rewritten before its checkpoint is known to be usable).
+fn open<T: Task>(cfg: Option<(TrainConfig, T::Config)>, opts: &RunOptions) -> Result<Opened<T>> {
     let ckpt_path = opts.out.join(CHECKPOINT_FILE);
     let metrics_path = opts.out.join(METRICS_FILE);
     if opts.stop_after == Some(0) {
         return Err(Error::Config("--stop-after must be at least 1".into()));
     }
-    let (mut tr, start, mut log) = if opts.resume {
-        // Nothing is created or rewritten before the checkpoint is known to be usable.
-        if !ckpt_path.is_file() {
-            return Err(Error::Config(format!(
-                "--resume {}: there is no {} to resume; pass the --out directory of an earlier run",
-                opts.out.display(),
-                ckpt_path.display()
-            )));
-        }
-        let saved = read_checkpoint::<T::Config>(&ckpt_path)?;
-        let step = saved.step;
-        if step >= saved.train.steps {
-            return already_complete(step, opts);
-        }
-        if let Some(s) = opts.stop_after.filter(|&s| s <= step) {
-            return Err(Error::Config(format!(
-                "--stop-after {s} is not beyond the checkpoint in {}, which is at step {step}",
-                opts.out.display()
-            )));
-        }
-        if !metrics_path.is_file() {
-            return Err(Error::Config(format!(
-                "--resume {}: {} is missing, so the resumed run's metrics would be incomplete; \
-                 put it back, or start a new run with --out",
-                opts.out.display(),
-                metrics_path.display()
-            )));
-        }
-        let setup = Setup {
-            train: &saved.train,
-            saved: Some(&saved.state.state),
-            fetch: opts.fetch,
-            verbose: opts.verbose,
-        };
-        let mut tr = Trainer::<T>::new(saved.train.clone(), saved.task, setup)?;
-        tr.restore(&saved.ckpt, &saved.state)?;
-        let log = MetricsLog::resume(&metrics_path, step as u64)?;
-        if opts.verbose {
-            eprintln!(
-                "resuming {} at step {step} of {} with its saved configuration",
-                opts.out.display(),
-                saved.train.steps
-            );
-        }
-        (tr, step, log)
-    } else {
+    if !opts.resume {
         let (train, cfg) =
             cfg.ok_or_else(|| Error::Data("no configuration to start a run".into()))?;
         train.validate()?;
         T::validate(&cfg, &train)?;
+        if !opts.overwrite && (ckpt_path.exists() || metrics_path.exists()) {
+            return Err(Error::Config(format!(
+                "{} already holds a run; continue it with --resume {}, or pass --overwrite to \
+                 start over (its files will be replaced)",
+                opts.out.display(),
+                opts.out.display()
+            )));
+        }
         let setup = Setup {
             train: &train,
             saved: None,
@@ -365,7 +331,93 @@ pub fn run<T: Task>(
         let tr = Trainer::<T>::new(train.clone(), cfg, setup)?;
         std::fs::create_dir_all(&opts.out).map_err(io_err(&opts.out))?;
         let log = MetricsLog::create(&metrics_path)?;
-        (tr, 0, log)
+        return Ok(Opened::Ready {
+            tr: Box::new(tr),
+            start: 0,
+            log,
+        });
+    }
+    if !ckpt_path.is_file() {
+        return Err(Error::Config(format!(
+            "--resume {}: there is no {} to resume; pass the --out directory of an earlier run",
+            opts.out.display(),
+            ckpt_path.display()
+        )));
+    }
+    let saved = read_checkpoint::<T::Config>(&ckpt_path)?;
+    let step = saved.step;
+    if step >= saved.train.steps {
+        return Ok(Opened::Complete(already_complete(step, opts)?));
+    }
+    if let Some(s) = opts.stop_after.filter(|&s| s <= step) {
+        return Err(Error::Config(format!(
+            "--stop-after {s} is not beyond the checkpoint in {}, which is at step {step}",
+            opts.out.display()
+        )));
+    }
+    if !metrics_path.is_file() {
+        return Err(Error::Config(format!(
+            "--resume {}: {} is missing, so the resumed run's metrics would be incomplete; \
+             put it back, or start a new run with --out",
+            opts.out.display(),
+            metrics_path.display()
+        )));
+    }
+    let setup = Setup {
+        train: &saved.train,
+        saved: Some(&saved.state.state),
+        fetch: opts.fetch,
+        verbose: opts.verbose,
+    };
+    let mut tr = Trainer::<T>::new(saved.train.clone(), saved.task, setup)?;
+    tr.restore(&saved.ckpt, &saved.state)?;
+    let log = MetricsLog::resume(&metrics_path, step as u64)?;
+    if opts.verbose {
+        eprintln!(
+            "resuming {} at step {step} of {} with its saved configuration",
+            opts.out.display(),
+            saved.train.steps
+        );
+    }
+    Ok(Opened::Ready {
+        tr: Box::new(tr),
+        start: step,
+        log,
+    })
+}
+
+/// A progress bar over `total` steps at `start`, or a hidden one.
+fn progress_bar(total: usize, start: usize, verbose: bool) -> indicatif::ProgressBar {
+    if !verbose {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(start as u64);
+    bar
+}
+
+/// Train (or resume) a `T` per `cfg` (shared and task settings; `None` when resuming) and
+/// `opts`. Writes `metrics.jsonl` (a record every `log_every` steps, step 1, evaluation
+/// steps and the last step), `checkpoint.safetensors` (atomically, every `checkpoint_every`
+/// steps and at the stop), `summary.json`, the plots and the task's outputs to `opts.out`.
+///
+/// A diverged run is not an error: it returns [`Outcome::Diverged`] with its metrics, plots
+/// and summary written. Errors: invalid settings ([`Error::Config`], naming the flag, with
+/// nothing written), missing or unusable data, an unwritable output directory, a missing or
+/// corrupt checkpoint on resume.
+pub fn run<T: Task>(
+    cfg: Option<(TrainConfig, T::Config)>,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
+    let (mut tr, start, mut log) = match open::<T>(cfg, opts)? {
+        Opened::Ready { tr, start, log } => (tr, start, log),
+        Opened::Complete(summary) => return Ok(summary),
     };
     let cfg = tr.train.clone();
     if opts.verbose {
@@ -381,19 +433,7 @@ pub fn run<T: Task>(
         );
     }
     let end = opts.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
-    let bar = if opts.verbose {
-        let bar = indicatif::ProgressBar::new(cfg.steps as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-            )
-            .expect("valid template"),
-        );
-        bar.set_position(start as u64);
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(cfg.steps, start, opts.verbose);
     let t0 = Instant::now();
     let items = tr.task.items_per_step();
     let rate = |done: usize| ((done - start) * items) as f64 / t0.elapsed().as_secs_f64();
@@ -408,58 +448,54 @@ pub fn run<T: Task>(
     let mut done = start;
     while done < end {
         let step = done;
-        done += 1;
         let lr = tr.sched.lr(step);
         tr.opt.set_lr(lr);
-        let eval_now = done % cfg.eval_every == 0 || done == cfg.steps;
-        let log_now = done % cfg.log_every == 0 || step == 0 || eval_now;
+        let eval_now = (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps;
+        let log_now = (step + 1) % cfg.log_every == 0 || step == 0 || eval_now;
         tr.task.model().set_record_entropy(log_now);
         let loss = tr.task.loss(&mut tr.rngs)?;
-        // The diagnostics read the forward just done; the update below does not change them.
-        let diag = if log_now {
-            Some(diagnostics(tr.task.model())?)
-        } else {
-            None
-        };
-        let mut rec = json!({"step": done, "lr": lr});
-        if let Some(d) = diag {
-            rec.as_object_mut().expect("object").extend(d);
+        let mut rec = json!({"step": step + 1, "lr": lr});
+        if log_now {
+            // The diagnostics read the forward just done; the update does not change them.
+            let diag = diagnostics(tr.task.model())?;
+            rec.as_object_mut().expect("an object").extend(diag);
         }
-        let result = optimize(&loss, &params, tr.opt.as_mut(), cfg.grad_clip, cfg.max_loss)?;
-        drop(loss);
-        let (loss_v, grad_norm) = match result {
-            StepOutcome::Updated { loss, grad_norm } => (loss, grad_norm),
-            StepOutcome::Diverged {
-                loss,
-                grad_norm,
-                reason,
-            } => {
-                let first = first_non_finite(&tr.params, grad_norm.is_some())?;
-                tr.opt.zero_grad();
-                rec["loss"] = json!(loss);
-                rec["grad_norm"] = json!(grad_norm);
-                rec["diverged"] = json!(true);
-                log.append(&rec)?;
-                last_loss = loss;
-                if opts.verbose {
-                    bar.suspend(|| {
-                        eprintln!(
-                            "diverged at step {done}: {reason}{}; the last checkpoint is the one before",
-                            first
-                                .as_ref()
-                                .map_or(String::new(), |f| format!(" (first non-finite parameter: {f})"))
-                        )
-                    });
-                }
-                outcome = Outcome::Diverged {
-                    step: done,
+        let (loss_v, grad_norm) =
+            match optimize(&loss, &params, tr.opt.as_mut(), cfg.grad_clip, cfg.max_loss)? {
+                StepOutcome::Updated { loss, grad_norm } => (loss, grad_norm),
+                StepOutcome::Diverged {
+                    loss,
+                    grad_norm,
                     reason,
-                    first_non_finite: first,
-                };
-                done -= 1;
-                break;
-            }
-        };
+                } => {
+                    let first = first_non_finite(&tr.params, grad_norm.is_some())?;
+                    tr.opt.zero_grad();
+                    rec["loss"] = json!(loss);
+                    rec["grad_norm"] = json!(grad_norm);
+                    rec["diverged"] = json!(true);
+                    log.append(&rec)?;
+                    last_loss = loss;
+                    if opts.verbose {
+                        let first = first.as_ref().map_or(String::new(), |f| {
+                            format!(" (first non-finite parameter: {f})")
+                        });
+                        bar.suspend(|| {
+                            eprintln!(
+                                "diverged at step {}: {reason}{first}; the last checkpoint is \
+                                 the one before",
+                                step + 1
+                            )
+                        });
+                    }
+                    outcome = Outcome::Diverged {
+                        step: step + 1,
+                        reason,
+                        first_non_finite: first,
+                    };
+                    break;
+                }
+            };
+        done += 1;
         last_loss = loss_v;
         rec["loss"] = json!(loss_v);
         rec["grad_norm"] = json!(grad_norm);
@@ -487,7 +523,7 @@ pub fn run<T: Task>(
         }
         if done % cfg.checkpoint_every == 0 || done == end {
             tr.checkpoint(done)?
-                .save(&ckpt_path)
+                .save(&opts.out.join(CHECKPOINT_FILE))
                 .map_err(nn::Error::from)?;
         }
         bar.set_message(format!(
@@ -526,15 +562,16 @@ pub fn run<T: Task>(
     };
     write_summary(&opts.out, &summary, T::ITEM)?;
     if opts.verbose {
+        let evals: String = summary
+            .eval
+            .iter()
+            .map(|(k, v)| format!(", {k} {v:.4}"))
+            .collect();
         eprintln!(
-            "{}: {done} steps in {seconds:.0} s ({throughput:.0} {}/s), train loss {last_loss:.4}{}; outputs in {}",
+            "{}: {done} steps in {seconds:.0} s ({throughput:.0} {}/s), train loss \
+             {last_loss:.4}{evals}; outputs in {}",
             summary.outcome.name(),
             T::ITEM,
-            summary
-                .eval
-                .iter()
-                .map(|(k, v)| format!(", {k} {v:.4}"))
-                .collect::<String>(),
             opts.out.display()
         );
     }
