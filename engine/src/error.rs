@@ -40,6 +40,10 @@ pub enum Error {
     /// An argument is invalid for a reason other than shape or dtype.
     #[error("{op}: {msg}")]
     InvalidArgument { op: &'static str, msg: String },
+    /// An op met NaN or infinite values it cannot compute with (e.g. σReparam's power step
+    /// on a non-finite weight): a training run that reaches it has diverged.
+    #[error("{op}: {msg}")]
+    NonFinite { op: &'static str, msg: String },
     /// [`crate::gradcheck()`] found an analytic gradient entry that disagrees with the
     /// finite difference.
     #[error("gradcheck: input {input}, element {index}: analytic {analytic} vs numeric {numeric}")]

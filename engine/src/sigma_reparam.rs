@@ -351,15 +351,15 @@ pub fn sigma_reparam_linear_act(
             // A non-finite weight would leave NaN vectors in the state for good (σ clamps to
             // ε, so later outputs would be finite garbage): refuse it, state untouched.
             if !step.sigma.is_finite() {
-                return Err(Error::invalid(
-                    OP,
-                    format!(
+                return Err(Error::NonFinite {
+                    op: OP,
+                    msg: format!(
                         "the power step on the weight {:?} gave σ = {}: the weight has \
                          non-finite values (the power-iteration state is left unchanged)",
                         w.shape(),
                         step.sigma
                     ),
-                ));
+                });
             }
             state.u.copy_(&step.u)?;
             state.v.copy_(&step.v)?;

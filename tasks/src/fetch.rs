@@ -58,9 +58,16 @@ impl Fetchable {
                 script.display()
             );
         }
+        // The script reports its progress on standard output: shown only when verbose.
+        let stdout = if verbose {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        };
         let status = std::process::Command::new("bash")
             .arg(&script)
             .arg(path)
+            .stdout(stdout)
             .status()
             .map_err(|source| Error::Io {
                 path: script.clone(),

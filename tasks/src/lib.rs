@@ -42,6 +42,18 @@ pub enum Error {
     Engine(#[from] engine::Error),
 }
 
+impl Error {
+    /// Whether this is an engine op refusing NaN or infinite values
+    /// ([`engine::Error::NonFinite`]): what a diverging run meets.
+    pub fn is_non_finite(&self) -> bool {
+        matches!(
+            self,
+            Error::Engine(engine::Error::NonFinite { .. })
+                | Error::Nn(nn::Error::Engine(engine::Error::NonFinite { .. }))
+        )
+    }
+}
+
 /// Result alias of the task programs.
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -204,7 +204,19 @@ impl Task for Lm {
             attention_bytes(cfg),
             what,
             "lower --seq-len or --batch-size",
-        )
+        )?;
+        // The validation windows are held as ids (inputs and targets, 8 bytes each).
+        let eval_bytes = [cfg.eval_batches, cfg.batch_size, cfg.seq_len, 16]
+            .iter()
+            .fold(1u128, |acc, &x| acc.saturating_mul(x as u128));
+        let what = |need: &str| {
+            format!(
+                "--eval-batches {} × --batch-size {} × --seq-len {} needs about {need} of \
+                 validation windows",
+                cfg.eval_batches, cfg.batch_size, cfg.seq_len
+            )
+        };
+        check_memory(eval_bytes, what, "lower --eval-batches")
     }
 
     fn load(cfg: &LmConfig, setup: Setup, init: &mut ChaCha8Rng) -> Result<Lm> {
@@ -352,10 +364,13 @@ impl Task for Lm {
         let path = out.join("sample.txt");
         std::fs::write(&path, &text).map_err(|source| Error::Io { path, source })?;
         if verbose {
-            println!(
+            use std::io::Write;
+            let shown = format!(
                 "--- sample ({} characters) ---\n{text}\n---",
                 self.cfg.sample_chars
             );
+            // The sample is in sample.txt whatever happens to standard output.
+            let _ = writeln!(std::io::stdout(), "{shown}");
         }
         Ok(())
     }
@@ -364,7 +379,8 @@ impl Task for Lm {
 /// `n` characters generated after the ids `prompt` (at least one) by `model` in eval mode:
 /// each from the softmax of the last position's logits divided by `temperature`, drawn with
 /// `rng`; the context is the last `block_size` ids. Leaves the model in eval mode with
-/// entropy recording off.
+/// entropy recording off. Errors: a temperature not finite and > 0, a vocabulary whose size
+/// is not the model's, an empty prompt, and logits that are not finite (a diverged model).
 pub fn sample(
     model: &Gpt,
     vocab: &Vocab,
@@ -373,6 +389,15 @@ pub fn sample(
     temperature: f64,
     rng: &mut impl Rng,
 ) -> Result<String> {
+    above_zero(&[("--temperature", temperature)])?;
+    if vocab.len() != model.config().vocab_size || prompt.is_empty() {
+        return Err(Error::Config(format!(
+            "sample: a vocabulary of {} characters for a model of {}, and a prompt of {} ids",
+            vocab.len(),
+            model.config().vocab_size,
+            prompt.len()
+        )));
+    }
     model.eval();
     model.set_record_entropy(false);
     let mut ids = prompt.to_vec();
@@ -384,6 +409,11 @@ pub fn sample(
         let logits = no_grad(|| model.forward(ctx, 1, ctx.len(), rng))?;
         let all = logits.to_vec_f64()?;
         let last = &all[(ctx.len() - 1) * v..ctx.len() * v];
+        if last.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Data(
+                "sample: the model's logits are not finite (its weights diverged)".into(),
+            ));
+        }
         let m = last.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let w: Vec<f64> = last.iter().map(|x| ((x - m) / temperature).exp()).collect();
         let mut r = rng.gen::<f64>() * w.iter().sum::<f64>();
@@ -411,7 +441,6 @@ pub fn sample_from(
     temperature: f64,
     seed: u64,
 ) -> Result<String> {
-    above_zero(&[("--temperature", temperature)])?;
     let run = load_run::<Lm>(dir)?;
     let vocab = saved_vocab(&run.state)?;
     let (ids, unknown) = vocab.encode(prompt);

@@ -364,6 +364,10 @@ fn invalid_settings_are_refused_naming_the_flag_before_anything_is_written() {
             train_with(base.clone(), |t| t.eval_every = 0),
             "--eval-every must be at least 1",
         ),
+        (
+            train_with(base.clone(), |t| t.min_lr_ratio = 5.0),
+            "--min-lr-ratio must be at most 1 (the final rate is a fraction of --lr), got 5",
+        ),
     ];
     for (cfg, expected) in cases {
         assert_eq!(config_error(cfg, &out), expected);
@@ -566,6 +570,17 @@ fn sampling_a_saved_run_reproduces_its_sample_and_refuses_bad_prompts() {
         .unwrap_err()
         .to_string();
     assert_eq!(err, "--temperature must be finite and > 0, got 0");
+    // The library function checks what the program cannot get wrong.
+    let saved = tasks::train::load_run::<Lm>(&out).unwrap();
+    let other_vocab = tasks::text::Vocab::from_text("ab");
+    let mut rng = tasks::train::seeded(0, 3);
+    let err = tasks::lm::sample(&saved.model, &other_vocab, &[0], 5, 0.8, &mut rng)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("a vocabulary of 2 characters for a model of"),
+        "{err}"
+    );
     let missing = out.join("nothing-here");
     let err = tasks::lm::sample_from(&missing, "A", 5, 0.8, 0)
         .unwrap_err()
@@ -642,5 +657,60 @@ fn a_directory_holding_a_run_is_refused_unless_overwrite() {
     )
     .unwrap();
     assert_eq!(again.steps, 10);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn a_diverging_sigma_reparam_run_is_an_outcome_not_an_error() {
+    // An infinite step makes the weights non-finite; the next forward's power step refuses
+    // them, which ends the run as diverged like a NaN loss.
+    let out = tmp("sigma-diverge");
+    let cfg = train_with(tiny(Variant::SigmaReparam, 20), |t| {
+        t.lr = 1e39;
+        t.warmup = 0;
+    });
+    let summary = run(Some(cfg), &opts(&out)).unwrap();
+    let Outcome::Diverged {
+        step,
+        reason,
+        first_non_finite,
+    } = &summary.outcome
+    else {
+        panic!("expected a diverged run, got {:?}", summary.outcome);
+    };
+    assert!(*step <= 3, "diverged at step {step}");
+    assert!(reason.contains("power step"), "{reason}");
+    assert!(first_non_finite.is_some(), "{reason}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn a_checkpoint_with_tampered_settings_is_refused_on_resume() {
+    let out = tmp("tampered");
+    run(
+        Some(tiny(Variant::PreLn, 10)),
+        &RunOptions {
+            stop_after: Some(5),
+            ..opts(&out)
+        },
+    )
+    .unwrap();
+    let path = out.join(CHECKPOINT_FILE);
+    let mut ckpt = Checkpoint::load(&path).unwrap();
+    assert!(ckpt.config.contains(r#""eval_every":10"#));
+    ckpt.config = ckpt
+        .config
+        .replace(r#""eval_every":10"#, r#""eval_every":0"#);
+    ckpt.save(&path).unwrap();
+    let err = run(
+        None,
+        &RunOptions {
+            resume: true,
+            ..opts(&out)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "--eval-every must be at least 1");
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -32,6 +32,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate text from the model of a saved run, without training.
+    #[command(allow_negative_numbers = true)]
     Sample {
         /// The --out directory of an lm run (its checkpoint.safetensors).
         #[arg(long, value_name = "DIR")]
@@ -40,13 +41,13 @@ enum Command {
         #[arg(long, default_value = "\n")]
         prompt: String,
         /// Characters to generate.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 600)]
         chars: usize,
         /// Sampling temperature (finite and > 0).
         #[arg(long, default_value_t = 0.8)]
         temperature: f64,
-        /// Seed of the sampling (the run's own seed, with the default prompt, reproduces its
-        /// sample.txt).
+        /// Seed of the sampling. The run's own --seed, --temperature and --sample-chars with
+        /// the default prompt reproduce its sample.txt (printed after the prompt).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Worker threads [default: all cores].
@@ -69,7 +70,17 @@ fn main() {
         }) => {
             set_threads(threads);
             match sample_from(&from, &prompt, chars, temperature, seed) {
-                Ok(text) => println!("{prompt}{text}"),
+                Ok(text) => {
+                    use std::io::Write;
+                    // A closed pipe (`| head`) is not an error of the program.
+                    match writeln!(std::io::stdout(), "{prompt}{text}") {
+                        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                            eprintln!("error: writing the sample to standard output: {e}");
+                            std::process::exit(1);
+                        }
+                        _ => {}
+                    }
+                }
                 Err(e @ tasks::Error::Config(_)) => tasks::train::fail(e),
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -31,8 +31,7 @@ pub fn recipes<T: Task>() -> String {
             "  {:<22} --optimizer {} --lr {} --warmup {} --weight-decay {} --steps {} \
              --eval-every {} --checkpoint-every {}\n",
             v.name(),
-            clap::ValueEnum::to_possible_value(&c.optimizer)
-                .map_or(String::new(), |p| p.get_name().to_string()),
+            c.optimizer.name(),
             c.lr,
             c.warmup,
             c.weight_decay,

@@ -59,6 +59,17 @@ pub enum OptimizerKind {
     Lars,
 }
 
+impl OptimizerKind {
+    /// The flag value (`adamw`, `sgd`, `lars`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Adamw => "adamw",
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Lars => "lars",
+        }
+    }
+}
+
 /// The learning-rate schedule after the linear warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -153,7 +164,8 @@ impl TrainConfig {
 
     /// Check every shared setting, naming the flag at fault: positive step counts and
     /// intervals, `--lr`, `--grad-clip` and `--max-loss` finite and > 0, `--weight-decay`,
-    /// `--gamma-lr-scale` and `--min-lr-ratio` finite and ≥ 0, `--momentum` in [0, 1).
+    /// `--gamma-lr-scale` finite and ≥ 0 (with a finite product with `--lr`),
+    /// `--min-lr-ratio` in [0, 1], `--momentum` in [0, 1).
     pub fn validate(&self) -> Result<()> {
         positive(&[
             ("--steps", self.steps),
@@ -171,6 +183,18 @@ impl TrainConfig {
             ("--gamma-lr-scale", self.gamma_lr_scale),
             ("--min-lr-ratio", self.min_lr_ratio),
         ])?;
+        if self.min_lr_ratio > 1.0 {
+            return Err(Error::Config(format!(
+                "--min-lr-ratio must be at most 1 (the final rate is a fraction of --lr), got {}",
+                self.min_lr_ratio
+            )));
+        }
+        if !(self.lr * self.gamma_lr_scale).is_finite() {
+            return Err(Error::Config(format!(
+                "--lr {} × --gamma-lr-scale {} is not finite",
+                self.lr, self.gamma_lr_scale
+            )));
+        }
         if !(0.0..1.0).contains(&self.momentum) {
             return Err(Error::Config(format!(
                 "--momentum must be in [0, 1), got {}",

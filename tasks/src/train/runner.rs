@@ -41,7 +41,8 @@ pub enum Outcome {
     /// Stopped by `--stop-after` with a checkpoint; `--resume` continues.
     Stopped,
     /// The loss or the gradient norm became non-finite, or the loss exceeded `--max-loss`,
-    /// at `step`; nothing of that step was applied and the last checkpoint is the one before.
+    /// at `step`; nothing of that step was applied, and the last checkpoint written (if
+    /// any) is kept as it was, at an earlier step.
     Diverged {
         /// The 1-based step whose loss or gradient was bad.
         step: usize,
@@ -345,6 +346,9 @@ fn open<T: Task>(cfg: Option<(TrainConfig, T::Config)>, opts: &RunOptions) -> Re
         )));
     }
     let saved = read_checkpoint::<T::Config>(&ckpt_path)?;
+    // A checkpoint's settings are checked like a fresh run's (its JSON is not checksummed).
+    saved.train.validate()?;
+    T::validate(&saved.task, &saved.train)?;
     let step = saved.step;
     if step >= saved.train.steps {
         return Ok(Opened::Complete(already_complete(step, opts)?));
@@ -422,11 +426,11 @@ pub fn run<T: Task>(
     let cfg = tr.train.clone();
     if opts.verbose {
         eprintln!(
-            "{}; {:?}, {} parameters; {:?} lr {} (warmup {}), {} steps",
+            "{}; {}, {} parameters; {} lr {:e} (warmup {}), {} steps",
             tr.task.describe(),
-            cfg.variant,
+            cfg.variant.name(),
             tr.task.model().num_parameters(),
-            cfg.optimizer,
+            cfg.optimizer.name(),
             cfg.lr,
             cfg.warmup,
             cfg.steps,
@@ -453,48 +457,61 @@ pub fn run<T: Task>(
         let eval_now = (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps;
         let log_now = (step + 1) % cfg.log_every == 0 || step == 0 || eval_now;
         tr.task.model().set_record_entropy(log_now);
-        let loss = tr.task.loss(&mut tr.rngs)?;
         let mut rec = json!({"step": step + 1, "lr": lr});
-        if log_now {
-            // The diagnostics read the forward just done; the update does not change them.
-            let diag = diagnostics(tr.task.model())?;
-            rec.as_object_mut().expect("an object").extend(diag);
-        }
-        let (loss_v, grad_norm) =
-            match optimize(&loss, &params, tr.opt.as_mut(), cfg.grad_clip, cfg.max_loss)? {
-                StepOutcome::Updated { loss, grad_norm } => (loss, grad_norm),
-                StepOutcome::Diverged {
-                    loss,
-                    grad_norm,
-                    reason,
-                } => {
-                    let first = first_non_finite(&tr.params, grad_norm.is_some())?;
-                    tr.opt.zero_grad();
-                    rec["loss"] = json!(loss);
-                    rec["grad_norm"] = json!(grad_norm);
-                    rec["diverged"] = json!(true);
-                    log.append(&rec)?;
-                    last_loss = loss;
-                    if opts.verbose {
-                        let first = first.as_ref().map_or(String::new(), |f| {
-                            format!(" (first non-finite parameter: {f})")
-                        });
-                        bar.suspend(|| {
-                            eprintln!(
-                                "diverged at step {}: {reason}{first}; the last checkpoint is \
-                                 the one before",
-                                step + 1
-                            )
-                        });
-                    }
-                    outcome = Outcome::Diverged {
-                        step: step + 1,
-                        reason,
-                        first_non_finite: first,
-                    };
-                    break;
+        let result = match tr.task.loss(&mut tr.rngs) {
+            Ok(loss) => {
+                if log_now {
+                    // The diagnostics read the forward just done; the update does not change
+                    // them.
+                    let diag = diagnostics(tr.task.model())?;
+                    rec.as_object_mut().expect("an object").extend(diag);
                 }
-            };
+                optimize(&loss, &params, tr.opt.as_mut(), cfg.grad_clip, cfg.max_loss)?
+            }
+            // An op that cannot compute on non-finite values (σReparam's power step) ends the
+            // run as diverged, like a non-finite loss.
+            Err(e) if e.is_non_finite() => StepOutcome::Diverged {
+                loss: f64::NAN,
+                grad_norm: None,
+                reason: e.to_string(),
+            },
+            Err(e) => return Err(e),
+        };
+        let (loss_v, grad_norm) = match result {
+            StepOutcome::Updated { loss, grad_norm } => (loss, grad_norm),
+            StepOutcome::Diverged {
+                loss,
+                grad_norm,
+                reason,
+            } => {
+                let first = first_non_finite(&tr.params, grad_norm.is_some())?;
+                tr.opt.zero_grad();
+                rec["loss"] = json!(loss);
+                rec["grad_norm"] = json!(grad_norm);
+                rec["diverged"] = json!(true);
+                log.append(&rec)?;
+                last_loss = loss;
+                if opts.verbose {
+                    let first = first.as_ref().map_or(String::new(), |f| {
+                        format!(" (first non-finite parameter: {f})")
+                    });
+                    let kept = if opts.out.join(CHECKPOINT_FILE).exists() {
+                        "the last checkpoint, of an earlier step, is kept"
+                    } else {
+                        "no checkpoint was written"
+                    };
+                    bar.suspend(|| {
+                        eprintln!("diverged at step {}: {reason}{first}; {kept}", step + 1)
+                    });
+                }
+                outcome = Outcome::Diverged {
+                    step: step + 1,
+                    reason,
+                    first_non_finite: first,
+                };
+                break;
+            }
+        };
         done += 1;
         last_loss = loss_v;
         rec["loss"] = json!(loss_v);
