@@ -43,6 +43,17 @@ fn tiny(variant: Variant, steps: usize) -> Cfg {
     )
 }
 
+/// The directory of a tiny 10-step pre-ln run stopped after step 5 (`--stop-after 5`).
+fn stopped_run(name: &str) -> PathBuf {
+    let out = tmp(name);
+    let stop = RunOptions {
+        stop_after: Some(5),
+        ..opts(&out)
+    };
+    run(Some(tiny(Variant::PreLn, 10)), &stop).unwrap();
+    out
+}
+
 /// `cfg` with changes to its shared settings.
 fn train_with((mut train, lm): Cfg, f: impl FnOnce(&mut TrainConfig)) -> Cfg {
     f(&mut train);
@@ -440,15 +451,7 @@ fn resume_of_a_finished_run_changes_nothing_and_a_missing_log_is_refused() {
     assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), summary);
 
     // A stopped run whose metrics log went missing cannot be resumed faithfully.
-    let stopped = tmp("resume-no-log");
-    run(
-        Some(tiny(Variant::PreLn, 10)),
-        &RunOptions {
-            stop_after: Some(5),
-            ..opts(&stopped)
-        },
-    )
-    .unwrap();
+    let stopped = stopped_run("resume-no-log");
     let resume = RunOptions {
         resume: true,
         ..opts(&stopped)
@@ -623,15 +626,7 @@ fn every_optimizer_and_schedule_trains() {
 
 #[test]
 fn a_directory_holding_a_run_is_refused_unless_overwrite() {
-    let out = tmp("overwrite");
-    run(
-        Some(tiny(Variant::PreLn, 10)),
-        &RunOptions {
-            stop_after: Some(5),
-            ..opts(&out)
-        },
-    )
-    .unwrap();
+    let out = stopped_run("overwrite");
     let metrics = std::fs::read(out.join(METRICS_FILE)).unwrap();
     let checkpoint = std::fs::read(out.join(CHECKPOINT_FILE)).unwrap();
     let err = config_error(tiny(Variant::PreLn, 10), &out);
@@ -686,15 +681,7 @@ fn a_diverging_sigma_reparam_run_is_an_outcome_not_an_error() {
 
 #[test]
 fn a_checkpoint_with_tampered_settings_is_refused_on_resume() {
-    let out = tmp("tampered");
-    run(
-        Some(tiny(Variant::PreLn, 10)),
-        &RunOptions {
-            stop_after: Some(5),
-            ..opts(&out)
-        },
-    )
-    .unwrap();
+    let out = stopped_run("tampered");
     let path = out.join(CHECKPOINT_FILE);
     let mut ckpt = Checkpoint::load(&path).unwrap();
     assert!(ckpt.config.contains(r#""eval_every":10"#));
