@@ -5,7 +5,8 @@
 use crate::fetch::Fetchable;
 use crate::text::{eval_batches, load_text, random_batch, Batch, TextData, Vocab};
 use crate::train::{
-    above_zero, check_memory, load_run, positive, seeded, Rngs, Setup, Task, TrainConfig, Variant,
+    above_zero, check_memory, load_run, positive, product, seeded, Rngs, Setup, Task, TrainConfig,
+    Variant,
 };
 use crate::{Error, Result};
 use engine::{no_grad, DType, Tensor};
@@ -108,16 +109,14 @@ impl LmConfig {
 /// Activations of the other layers come on top; this term is the one that grows with the
 /// square of the context.
 pub fn attention_bytes(cfg: &LmConfig) -> u128 {
-    [
+    product(&[
         cfg.n_layers,
         cfg.batch_size,
         cfg.n_heads,
         cfg.seq_len,
         cfg.seq_len,
         4,
-    ]
-    .iter()
-    .fold(1u128, |acc, &x| acc.saturating_mul(x as u128))
+    ])
 }
 
 /// The vocabulary saved in a run's task state.
@@ -206,9 +205,7 @@ impl Task for Lm {
             "lower --seq-len or --batch-size",
         )?;
         // The validation windows are held as ids (inputs and targets, 8 bytes each).
-        let eval_bytes = [cfg.eval_batches, cfg.batch_size, cfg.seq_len, 16]
-            .iter()
-            .fold(1u128, |acc, &x| acc.saturating_mul(x as u128));
+        let eval_bytes = product(&[cfg.eval_batches, cfg.batch_size, cfg.seq_len, 16]);
         let what = |need: &str| {
             format!(
                 "--eval-batches {} × --batch-size {} × --seq-len {} needs about {need} of \

@@ -54,6 +54,18 @@ fn stopped_run(name: &str) -> PathBuf {
     out
 }
 
+/// The step, reason and first non-finite parameter of a diverged run (fails otherwise).
+fn diverged(summary: &RunSummary) -> (&usize, &String, &Option<String>) {
+    match &summary.outcome {
+        Outcome::Diverged {
+            step,
+            reason,
+            first_non_finite,
+        } => (step, reason, first_non_finite),
+        other => panic!("expected a diverged run, got {other:?}"),
+    }
+}
+
 /// `cfg` with changes to its shared settings.
 fn train_with((mut train, lm): Cfg, f: impl FnOnce(&mut TrainConfig)) -> Cfg {
     f(&mut train);
@@ -241,14 +253,7 @@ fn divergence_is_an_outcome_with_its_step_metrics_plots_and_summary() {
         },
     )
     .unwrap();
-    let Outcome::Diverged {
-        step,
-        reason,
-        first_non_finite,
-    } = &summary.outcome
-    else {
-        panic!("expected a diverged run, got {:?}", summary.outcome);
-    };
+    let (step, reason, first_non_finite) = diverged(&summary);
     assert!((2..=5).contains(step), "diverged at step {step}");
     assert_eq!(summary.steps, step - 1);
     assert_eq!(summary.outcome.exit_code(), 3);
@@ -665,14 +670,7 @@ fn a_diverging_sigma_reparam_run_is_an_outcome_not_an_error() {
         t.warmup = 0;
     });
     let summary = run(Some(cfg), &opts(&out)).unwrap();
-    let Outcome::Diverged {
-        step,
-        reason,
-        first_non_finite,
-    } = &summary.outcome
-    else {
-        panic!("expected a diverged run, got {:?}", summary.outcome);
-    };
+    let (step, reason, first_non_finite) = diverged(&summary);
     assert!(*step <= 3, "diverged at step {step}");
     assert!(reason.contains("power step"), "{reason}");
     assert!(first_non_finite.is_some(), "{reason}");

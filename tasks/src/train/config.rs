@@ -358,6 +358,14 @@ fn gib(bytes: u128) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u128 << 30) as f64)
 }
 
+/// The product of `factors` (a size in bytes, for [`check_memory`]), saturating instead of
+/// overflowing.
+pub fn product(factors: &[usize]) -> u128 {
+    factors
+        .iter()
+        .fold(1u128, |acc, &x| acc.saturating_mul(x as u128))
+}
+
 /// Refuse a run that needs more than half of the machine's memory (`MemTotal`; no check
 /// where it cannot be read): the error reads `<what(need)>, more than half of this
 /// machine's <total> of memory; <remedy>`, with `need` in GiB.

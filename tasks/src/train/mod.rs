@@ -6,6 +6,7 @@
 //! checkpoints that resume bit-identically, `summary.json`, the standard plots, and
 //! divergence as an outcome ([`Outcome::Diverged`]) rather than a crash.
 
+mod checkpoint;
 mod cli;
 mod config;
 mod inspect;
@@ -13,13 +14,14 @@ mod plots;
 mod runner;
 mod step;
 
+pub use checkpoint::{load_run, LoadedRun};
 pub use cli::{fail, parse_cli, recipes, run_cli, set_threads, ParsedCli};
 pub use config::{
-    above_zero, at_least_zero, check_memory, positive, OptimizerKind, Schedule, TrainArgs,
+    above_zero, at_least_zero, check_memory, positive, product, OptimizerKind, Schedule, TrainArgs,
     TrainConfig, Variant, RESUME_FLAGS,
 };
 pub use plots::write_plots;
-pub use runner::{load_run, run, LoadedRun, Outcome, RunOptions, RunSummary};
+pub use runner::{run, Outcome, RunOptions, RunSummary};
 pub use step::{build_optimizer, optimize, StepOutcome, LARS_ETA};
 
 use crate::Result;

@@ -1,5 +1,6 @@
 //! [`run`]: train (or resume) a [`Task`] to the end, to `--stop-after`, or to divergence.
 
+use super::checkpoint::{read_checkpoint, tensors_under, SavedState};
 use super::{
     build_optimizer, diagnostics, optimize, seeded, write_plots, Inspect, Rngs, Setup, StepOutcome,
     Task, TrainConfig, CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE,
@@ -8,8 +9,7 @@ use crate::metrics::{read_records, MetricsLog};
 use crate::{Error, Result};
 use engine::Tensor;
 use nn::{Checkpoint, CosineSchedule, ModuleExt, Optimizer};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -98,97 +98,6 @@ impl RunSummary {
     pub fn metric(&self, key: &str) -> Option<f64> {
         self.eval.get(key).copied()
     }
-}
-
-/// State saved beside the tensors of a checkpoint.
-#[derive(Debug, Serialize, Deserialize)]
-struct SavedState {
-    train: TrainConfig,
-    task: Value,
-    state: Value,
-    batch_rng_word_pos: String,
-    dropout_rng_word_pos: String,
-}
-
-/// A checkpoint's settings and tensors, read and checked.
-struct Saved<C> {
-    step: usize,
-    train: TrainConfig,
-    task: C,
-    state: SavedState,
-    ckpt: Checkpoint,
-}
-
-fn read_checkpoint<C: serde::de::DeserializeOwned>(path: &Path) -> Result<Saved<C>> {
-    let ckpt = Checkpoint::load(path).map_err(nn::Error::from)?;
-    let bad = |e: serde_json::Error| {
-        Error::Data(format!(
-            "checkpoint {} has a bad config: {e}",
-            path.display()
-        ))
-    };
-    let state: SavedState = serde_json::from_str(&ckpt.config).map_err(bad)?;
-    let task = serde_json::from_value(state.task.clone()).map_err(bad)?;
-    Ok(Saved {
-        step: ckpt.step as usize,
-        train: state.train.clone(),
-        task,
-        state,
-        ckpt,
-    })
-}
-
-/// The tensors of `ckpt` under `prefix` (`model.`, `optim.`), with the prefix removed.
-fn tensors_under(ckpt: &Checkpoint, prefix: &str) -> BTreeMap<String, Tensor> {
-    ckpt.tensors
-        .iter()
-        .filter_map(|(k, t)| k.strip_prefix(prefix).map(|k| (k.to_string(), t.clone())))
-        .collect()
-}
-
-/// A saved run's model, ready for inference (eval mode, entropy recording off).
-pub struct LoadedRun<T: Task> {
-    /// The run's shared settings.
-    pub train: TrainConfig,
-    /// The run's task settings.
-    pub task: T::Config,
-    /// The task state saved beside the weights.
-    pub state: Value,
-    /// The step the checkpoint was written at.
-    pub step: usize,
-    /// The model with the checkpoint's weights and buffers.
-    pub model: T::Model,
-}
-
-/// Load the model of the run saved in `dir` (its `checkpoint.safetensors`) for inference.
-/// Errors: no checkpoint there (naming the directory), a corrupt checkpoint, or one written
-/// by another program.
-pub fn load_run<T: Task>(dir: &Path) -> Result<LoadedRun<T>> {
-    let path = dir.join(CHECKPOINT_FILE);
-    if !path.is_file() {
-        return Err(Error::Config(format!(
-            "{}: there is no {CHECKPOINT_FILE} here; pass the --out directory of a {} run",
-            dir.display(),
-            T::NAME
-        )));
-    }
-    let saved = read_checkpoint::<T::Config>(&path)?;
-    let model = T::build_model(
-        &saved.task,
-        &saved.train,
-        &saved.state.state,
-        &mut seeded(saved.train.seed, 0),
-    )?;
-    model.load_state_dict(&tensors_under(&saved.ckpt, "model."))?;
-    model.eval();
-    model.set_record_entropy(false);
-    Ok(LoadedRun {
-        train: saved.train,
-        task: saved.task,
-        state: saved.state.state,
-        step: saved.step,
-        model,
-    })
 }
 
 /// The training state of a run.
@@ -345,10 +254,7 @@ fn open<T: Task>(cfg: Option<(TrainConfig, T::Config)>, opts: &RunOptions) -> Re
             ckpt_path.display()
         )));
     }
-    let saved = read_checkpoint::<T::Config>(&ckpt_path)?;
-    // A checkpoint's settings are checked like a fresh run's (its JSON is not checksummed).
-    saved.train.validate()?;
-    T::validate(&saved.task, &saved.train)?;
+    let saved = read_checkpoint::<T>(&ckpt_path)?;
     let step = saved.step;
     if step >= saved.train.steps {
         return Ok(Opened::Complete(already_complete(step, opts)?));
