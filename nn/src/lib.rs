@@ -16,6 +16,7 @@ pub mod patch;
 pub mod pool;
 pub mod transformer;
 pub mod trunk;
+pub mod vit;
 
 pub use attention::SelfAttention;
 pub use checkpoint::{Checkpoint, CheckpointError};
@@ -36,3 +37,4 @@ pub use patch::PatchEmbedding;
 pub use pool::{ClsToken, Pooling};
 pub use transformer::{Gpt, GptConfig};
 pub use trunk::{Block, NormPlacement, Trunk, TrunkConfig};
+pub use vit::{Vit, VitConfig};

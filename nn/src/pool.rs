@@ -54,7 +54,8 @@ impl Module for ClsToken {
 }
 
 /// How a sequence `[b, t, d]` becomes one vector per example `[b, d]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Pooling {
     /// The vector at position 0 (the class token's, after [`ClsToken::forward`]; ViT).
     Cls,

@@ -14,7 +14,10 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use std::time::Instant;
 use tasks::lm::{Lm, LmConfig};
-use tasks::train::{build_optimizer, optimize, StepOutcome, Task, Variant};
+use tasks::train::{build_optimizer, Task, Variant};
+
+mod common;
+use common::{peak_rss_mib, time_steps};
 
 #[derive(Debug, Parser)]
 #[command(about = "Time lm training steps on random batches; prints one JSON line")]
@@ -39,14 +42,6 @@ struct Args {
     vocab: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-}
-
-/// Peak resident set size of this process in MiB (`VmHWM` of `/proc/self/status`).
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -82,41 +77,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut data_rng = ChaCha8Rng::seed_from_u64(a.seed + 1);
     let mut dropout_rng = ChaCha8Rng::seed_from_u64(a.seed + 2);
     let n = a.lm.batch_size * a.lm.seq_len;
-    let mut times = Vec::with_capacity(a.steps);
-    let mut losses = Vec::with_capacity(a.warmup_steps + a.steps);
-    for step in 0..a.warmup_steps + a.steps {
-        let ids: Vec<usize> = (0..n).map(|_| data_rng.gen_range(0..a.vocab)).collect();
-        let targets: Vec<usize> = (0..n).map(|_| data_rng.gen_range(0..a.vocab)).collect();
-        let t0 = Instant::now();
-        let loss = model.loss(
-            &ids,
-            &targets,
-            a.lm.batch_size,
-            a.lm.seq_len,
-            &mut dropout_rng,
-        )?;
-        match optimize(
-            &loss,
-            &params,
-            opt.as_mut(),
-            train.grad_clip,
-            train.max_loss,
-        )? {
-            StepOutcome::Updated { loss, .. } => losses.push(loss),
-            StepOutcome::Diverged { reason, .. } => return Err(reason.into()),
-        }
-        if step >= a.warmup_steps {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-
-    times.sort_by(f64::total_cmp);
-    let mid = times.len() / 2;
-    let median = if times.len() % 2 == 1 {
-        times[mid]
-    } else {
-        (times[mid - 1] + times[mid]) / 2.0
-    };
+    let timing = time_steps(
+        a.warmup_steps,
+        a.steps,
+        &train,
+        &params,
+        opt.as_mut(),
+        || {
+            let ids: Vec<usize> = (0..n).map(|_| data_rng.gen_range(0..a.vocab)).collect();
+            let targets: Vec<usize> = (0..n).map(|_| data_rng.gen_range(0..a.vocab)).collect();
+            let t0 = Instant::now();
+            let loss = model.loss(
+                &ids,
+                &targets,
+                a.lm.batch_size,
+                a.lm.seq_len,
+                &mut dropout_rng,
+            )?;
+            Ok((loss, t0))
+        },
+    )?;
     let variant = clap::ValueEnum::to_possible_value(&a.variant)
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
@@ -136,12 +116,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "n_heads": a.lm.n_heads,
             "vocab": a.vocab,
             "parameters": model.num_parameters(),
-            "median_ms": median * 1e3,
-            "min_ms": times[0] * 1e3,
-            "tokens_per_s": n as f64 / median,
+            "median_ms": timing.median * 1e3,
+            "min_ms": timing.min * 1e3,
+            "tokens_per_s": n as f64 / timing.median,
             "peak_rss_mib": peak_rss_mib(),
-            "first_loss": losses[0],
-            "last_loss": losses[losses.len() - 1],
+            "first_loss": timing.first_loss,
+            "last_loss": timing.last_loss,
         })
     );
     Ok(())

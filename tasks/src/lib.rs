@@ -1,6 +1,11 @@
 //! The task programs' library: the training harness they share ([`train`]), the tasks
-//! ([`lm`]), text data, JSONL metrics and SVG plots.
+//! ([`lm`], [`classification`]), text and image data, JSONL metrics, confusion matrices and
+//! SVG plots.
+pub mod classification;
+pub mod confusion;
 pub mod fetch;
+pub mod idx;
+pub mod images;
 pub mod lm;
 pub mod metrics;
 pub mod plot;

@@ -341,9 +341,14 @@ impl Task for Lm {
     }
 
     /// `sample.txt`: `sample_chars` characters generated after a newline.
-    fn finish(&mut self, out: &Path, rng: &mut ChaCha8Rng, verbose: bool) -> Result<()> {
+    fn finish(
+        &mut self,
+        out: &Path,
+        rng: &mut ChaCha8Rng,
+        verbose: bool,
+    ) -> Result<Vec<(&'static str, f64)>> {
         if self.cfg.sample_chars == 0 {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // After a newline, or the first character where the text has none.
         let mut ids = self.data.vocab.encode("\n").0;
@@ -369,7 +374,7 @@ impl Task for Lm {
             // The sample is in sample.txt whatever happens to standard output.
             let _ = writeln!(std::io::stdout(), "{shown}");
         }
-        Ok(())
+        Ok(Vec::new())
     }
 }
 

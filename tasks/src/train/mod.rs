@@ -150,9 +150,15 @@ pub trait Task: Sized {
     /// Whether the σ and γ of the linear layer named `name` go on the σ/γ chart.
     fn plots_sigma_of(name: &str) -> bool;
 
-    /// Work at the end of a completed run (for `lm`, the generated sample), with stream 3
-    /// of the seed.
-    fn finish(&mut self, out: &Path, rng: &mut ChaCha8Rng, verbose: bool) -> Result<()>;
+    /// Work at the end of a completed run (for `lm`, the generated sample; for
+    /// `classification`, the test set), with stream 3 of the seed. The metrics it returns
+    /// (`test_accuracy`, …) go into `summary.json` beside the last evaluation's.
+    fn finish(
+        &mut self,
+        out: &Path,
+        rng: &mut ChaCha8Rng,
+        verbose: bool,
+    ) -> Result<Vec<(&'static str, f64)>>;
 }
 
 /// Per-layer attention entropy and bound, σ and γ of every σReparam layer, as the record

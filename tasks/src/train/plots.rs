@@ -33,7 +33,8 @@ fn series(name: String, points: Vec<(f64, f64)>, color: usize, dashed: bool) -> 
 }
 
 /// From the metrics of the run in `out`: `loss.svg` (training loss and every `val_…` metric
-/// whose name ends in `loss`, in `loss_unit`), `entropy.svg` (mean attention entropy per
+/// whose name ends in `loss`, in `loss_unit`), when the task reports any, `accuracy.svg`
+/// (every metric whose name ends in `accuracy`), `entropy.svg` (mean attention entropy per
 /// layer, solid, with its Theorem 3.1 lower bound, dashed) and, when the model has σReparam
 /// layers, `sigma_gamma.svg` (σ(W) solid and γ dashed of the layers `plots_sigma_of`
 /// selects).
@@ -67,6 +68,24 @@ pub fn write_plots(out: &Path, loss_unit: &str, plots_sigma_of: fn(&str) -> bool
         "loss",
         &losses,
     )?;
+    let accuracies: Vec<Series> = keys_of(&recs, |r| r)
+        .into_iter()
+        .filter(|k| k.ends_with("accuracy"))
+        .enumerate()
+        .map(|(i, key)| {
+            let p = points(&recs, |r| &r[key.as_str()]);
+            series(key.replace('_', " "), p, i, false)
+        })
+        .collect();
+    if !accuracies.is_empty() {
+        line_chart(
+            &out.join("accuracy.svg"),
+            "Accuracy (fraction correct)",
+            "step",
+            "accuracy",
+            &accuracies,
+        )?;
+    }
     let n_layers = recs
         .iter()
         .filter_map(|r| r["entropy_layer"].as_array().map(Vec::len))

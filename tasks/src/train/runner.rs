@@ -460,8 +460,10 @@ pub fn run<T: Task>(
     let seconds = t0.elapsed().as_secs_f64();
     let throughput = ((done - start) * items) as f64 / seconds.max(1e-9);
     if outcome == Outcome::Completed {
-        tr.task
+        let results = tr
+            .task
             .finish(&opts.out, &mut seeded(cfg.seed, 3), opts.verbose)?;
+        eval.extend(results.into_iter().map(|(k, v)| (k.to_string(), v)));
     }
     if opts.plots && outcome != Outcome::Stopped {
         write_plots(&opts.out, T::LOSS_UNIT, T::plots_sigma_of)?;
