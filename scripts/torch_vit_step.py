@@ -95,7 +95,7 @@ def main():
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--n-heads", type=int, default=4, help="must divide --d-model")
-    ap.add_argument("--mlp-ratio", type=int, default=4, help="MLP hidden width / d_model")
+    ap.add_argument("--mlp-ratio", type=int, default=2, help="MLP hidden width / d_model")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     sizes = (a.steps, a.batch_size, a.patch_size, a.d_model, a.n_heads, a.mlp_ratio, a.threads)
