@@ -14,41 +14,27 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use std::time::Instant;
 use tasks::lm::{Lm, LmConfig};
-use tasks::train::{build_optimizer, Task, Variant};
+use tasks::train::{build_optimizer, Task};
 
 mod common;
-use common::{peak_rss_mib, time_steps};
+use common::{time_steps, TimingArgs};
 
 #[derive(Debug, Parser)]
 #[command(about = "Time lm training steps on random batches; prints one JSON line")]
 struct Args {
-    /// Model variant (LayerNorm placement, plain or σReparam linears); its learning rate is
-    /// the `lm` recipe's.
-    #[arg(long, value_enum, default_value = "pre-ln")]
-    variant: Variant,
-    /// Timed training steps.
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    /// Untimed steps before them.
-    #[arg(long, default_value_t = 2)]
-    warmup_steps: usize,
-    /// Worker threads [default: all cores].
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    run: TimingArgs,
     #[command(flatten)]
     lm: LmConfig,
     /// Vocabulary size (80: the Shakespeare corpus of scripts/fetch-shakespeare.sh).
     #[arg(long, default_value_t = 80)]
     vocab: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tasks::keep_freed_memory();
     let a = Args::parse();
+    a.run.start()?;
     if [
-        a.steps,
         a.lm.batch_size,
         a.lm.seq_len,
         a.lm.d_model,
@@ -57,29 +43,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ]
     .contains(&0)
     {
-        return Err("sizes and --steps must be positive".into());
+        return Err("sizes must be positive".into());
     }
-    if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()?;
-    }
-    let train = Lm::defaults(a.variant);
+    let train = Lm::defaults(a.run.variant);
     let model = Gpt::new(
         a.lm.gpt_config(&train, a.vocab),
         DType::F32,
-        &mut ChaCha8Rng::seed_from_u64(a.seed),
+        &mut ChaCha8Rng::seed_from_u64(a.run.seed),
     )?;
     model.set_record_entropy(false);
     let params = model.parameters();
     let mut opt = build_optimizer(&train, &model)?;
 
-    let mut data_rng = ChaCha8Rng::seed_from_u64(a.seed + 1);
-    let mut dropout_rng = ChaCha8Rng::seed_from_u64(a.seed + 2);
+    let mut data_rng = ChaCha8Rng::seed_from_u64(a.run.seed + 1);
+    let mut dropout_rng = ChaCha8Rng::seed_from_u64(a.run.seed + 2);
     let n = a.lm.batch_size * a.lm.seq_len;
     let timing = time_steps(
-        a.warmup_steps,
-        a.steps,
+        a.run.warmup_steps,
+        a.run.steps,
         &train,
         &params,
         opt.as_mut(),
@@ -97,32 +78,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok((loss, t0))
         },
     )?;
-    let variant = clap::ValueEnum::to_possible_value(&a.variant)
-        .map(|v| v.get_name().to_string())
-        .unwrap_or_default();
-    println!(
-        "{}",
-        json!({
-            "impl": "ours",
-            "version": env!("CARGO_PKG_VERSION"),
-            "variant": variant,
-            "threads": rayon::current_num_threads(),
-            "steps": a.steps,
-            "warmup_steps": a.warmup_steps,
-            "batch_size": a.lm.batch_size,
-            "seq_len": a.lm.seq_len,
-            "d_model": a.lm.d_model,
-            "n_layers": a.lm.n_layers,
-            "n_heads": a.lm.n_heads,
-            "vocab": a.vocab,
-            "parameters": model.num_parameters(),
-            "median_ms": timing.median * 1e3,
-            "min_ms": timing.min * 1e3,
-            "tokens_per_s": n as f64 / timing.median,
-            "peak_rss_mib": peak_rss_mib(),
-            "first_loss": timing.first_loss,
-            "last_loss": timing.last_loss,
-        })
-    );
+    let extra = json!({
+        "batch_size": a.lm.batch_size,
+        "seq_len": a.lm.seq_len,
+        "d_model": a.lm.d_model,
+        "n_layers": a.lm.n_layers,
+        "n_heads": a.lm.n_heads,
+        "vocab": a.vocab,
+        "parameters": model.num_parameters(),
+        "tokens_per_s": n as f64 / timing.median,
+    });
+    println!("{}", a.run.report(&timing, extra));
     Ok(())
 }

@@ -15,67 +15,46 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use std::time::Instant;
 use tasks::classification::{Classification, ClassificationConfig};
-use tasks::train::{build_optimizer, Task, Variant};
+use tasks::train::{build_optimizer, Task};
 
 mod common;
-use common::{peak_rss_mib, time_steps};
+use common::{time_steps, TimingArgs};
 
 #[derive(Debug, Parser)]
 #[command(
     about = "Time classification (ViT) training steps on random images; prints one JSON line"
 )]
 struct Args {
-    /// Model variant (LayerNorm placement, plain or σReparam linears); its optimizer and
-    /// learning rate are the `classification` recipe's.
-    #[arg(long, value_enum, default_value = "pre-ln")]
-    variant: Variant,
-    /// Timed training steps.
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    /// Untimed steps before them.
-    #[arg(long, default_value_t = 2)]
-    warmup_steps: usize,
-    /// Worker threads [default: all cores].
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    run: TimingArgs,
     #[command(flatten)]
     cls: ClassificationConfig,
     /// Image side in pixels (28: Fashion-MNIST).
     #[arg(long, default_value_t = 28)]
     image_size: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tasks::keep_freed_memory();
     let a = Args::parse();
-    if a.steps == 0 {
-        return Err("--steps must be positive".into());
-    }
-    if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()?;
-    }
-    let train = Classification::defaults(a.variant);
+    a.run.start()?;
+    let train = Classification::defaults(a.run.variant);
     Classification::validate(&a.cls, &train)?;
     let (b, side) = (a.cls.batch_size, a.image_size);
     let model = Vit::new(
         a.cls.vit_config(&train, side, side),
         DType::F32,
-        &mut ChaCha8Rng::seed_from_u64(a.seed),
+        &mut ChaCha8Rng::seed_from_u64(a.run.seed),
     )?;
     model.set_record_entropy(false);
     let params = model.parameters();
     let mut opt = build_optimizer(&train, &model)?;
 
-    let mut data_rng = ChaCha8Rng::seed_from_u64(a.seed + 1);
-    let mut dropout_rng = ChaCha8Rng::seed_from_u64(a.seed + 2);
+    let mut data_rng = ChaCha8Rng::seed_from_u64(a.run.seed + 1);
+    let mut dropout_rng = ChaCha8Rng::seed_from_u64(a.run.seed + 2);
     let n_classes = a.cls.n_classes;
     let timing = time_steps(
-        a.warmup_steps,
-        a.steps,
+        a.run.warmup_steps,
+        a.run.steps,
         &train,
         &params,
         opt.as_mut(),
@@ -88,31 +67,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )?;
     let c = &a.cls;
-    println!(
-        "{}",
-        json!({
-            "impl": "ours",
-            "version": env!("CARGO_PKG_VERSION"),
-            "variant": a.variant.name(),
-            "threads": rayon::current_num_threads(),
-            "steps": a.steps,
-            "warmup_steps": a.warmup_steps,
-            "batch_size": b,
-            "image_size": side,
-            "patch_size": c.patch_size,
-            "d_model": c.d_model,
-            "n_layers": c.n_layers,
-            "n_heads": c.n_heads,
-            "mlp_ratio": c.mlp_ratio,
-            "pooling": model.config().pooling,
-            "parameters": model.num_parameters(),
-            "median_ms": timing.median * 1e3,
-            "min_ms": timing.min * 1e3,
-            "images_per_s": b as f64 / timing.median,
-            "peak_rss_mib": peak_rss_mib(),
-            "first_loss": timing.first_loss,
-            "last_loss": timing.last_loss,
-        })
-    );
+    let extra = json!({
+        "batch_size": b,
+        "image_size": side,
+        "patch_size": c.patch_size,
+        "d_model": c.d_model,
+        "n_layers": c.n_layers,
+        "n_heads": c.n_heads,
+        "mlp_ratio": c.mlp_ratio,
+        "pooling": model.config().pooling,
+        "parameters": model.num_parameters(),
+        "images_per_s": b as f64 / timing.median,
+    });
+    println!("{}", a.run.report(&timing, extra));
     Ok(())
 }

@@ -15,6 +15,9 @@ use tasks::train::{
 };
 use tasks::Error;
 
+mod common;
+use common::opts;
+
 /// A run's settings: the shared ones and `classification`'s.
 type Cfg = (TrainConfig, ClassificationConfig);
 
@@ -50,22 +53,8 @@ fn tiny(variant: Variant, steps: usize) -> Cfg {
     )
 }
 
-fn opts(out: &Path) -> RunOptions {
-    RunOptions {
-        out: out.to_path_buf(),
-        resume: false,
-        stop_after: None,
-        verbose: false,
-        plots: false,
-        fetch: false,
-        overwrite: false,
-    }
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("classification-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::tmp("classification", name)
 }
 
 fn summary_json(out: &Path) -> serde_json::Value {

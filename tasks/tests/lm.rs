@@ -9,6 +9,9 @@ use tasks::train::{
 };
 use tasks::Error;
 
+mod common;
+use common::opts;
+
 /// A run's settings: the shared ones and `lm`'s.
 type Cfg = (TrainConfig, LmConfig);
 
@@ -89,22 +92,8 @@ fn with_data((train, lm): Cfg, data: &Path) -> Cfg {
     )
 }
 
-fn opts(out: &Path) -> RunOptions {
-    RunOptions {
-        out: out.to_path_buf(),
-        resume: false,
-        stop_after: None,
-        verbose: false,
-        plots: false,
-        fetch: false,
-        overwrite: false,
-    }
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lm-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::tmp("lm", name)
 }
 
 #[test]

@@ -1,8 +1,68 @@
 //! What the step-timing examples (`lm_step`, `vit_step`) share: the timed loop, its median
 //! and the peak resident memory, reported the same way for `scripts/compare-pytorch.sh`.
 
+use serde_json::{json, Value};
 use std::time::Instant;
-use tasks::train::{optimize, StepOutcome, TrainConfig};
+use tasks::train::{optimize, StepOutcome, TrainConfig, Variant};
+
+/// The flags every step-timing example takes.
+#[derive(Debug, clap::Args)]
+pub struct TimingArgs {
+    /// Model variant (LayerNorm placement, plain or σReparam linears); its optimizer and
+    /// learning rate are the program's recipe.
+    #[arg(long, value_enum, default_value = "pre-ln")]
+    pub variant: Variant,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed steps before them.
+    #[arg(long, default_value_t = 2)]
+    pub warmup_steps: usize,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seed of the weights (`seed`), the batches (`seed + 1`) and dropout (`seed + 2`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl TimingArgs {
+    /// Check `--steps` and start the thread pool.
+    pub fn start(&self) -> Result<(), Box<dyn std::error::Error>> {
+        tasks::keep_freed_memory();
+        if self.steps == 0 {
+            return Err("--steps must be positive".into());
+        }
+        if let Some(n) = self.threads {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()?;
+        }
+        Ok(())
+    }
+
+    /// The JSON line of a timed run: these settings, `timing`, the peak memory, and the
+    /// example's own fields `extra` (model shape, throughput).
+    pub fn report(&self, timing: &Timing, extra: Value) -> Value {
+        let mut v = json!({
+            "impl": "ours",
+            "version": env!("CARGO_PKG_VERSION"),
+            "variant": self.variant.name(),
+            "threads": rayon::current_num_threads(),
+            "steps": self.steps,
+            "warmup_steps": self.warmup_steps,
+            "median_ms": timing.median * 1e3,
+            "min_ms": timing.min * 1e3,
+            "peak_rss_mib": peak_rss_mib(),
+            "first_loss": timing.first_loss,
+            "last_loss": timing.last_loss,
+        });
+        if let (Some(v), Value::Object(extra)) = (v.as_object_mut(), extra) {
+            v.extend(extra);
+        }
+        v
+    }
+}
 
 /// Peak resident set size of this process in MiB (`VmHWM` of `/proc/self/status`).
 pub fn peak_rss_mib() -> Option<f64> {
