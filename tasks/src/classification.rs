@@ -78,7 +78,7 @@ pub struct ClassificationConfig {
     #[arg(long, default_value = "mean", value_parser = parse_pooling)]
     pub pooling: Pooling,
     /// Zero padding on each side before the random crop back to the image size (0: no
-    /// crop).
+    /// crop; less than the image sides).
     #[arg(long, default_value_t = 2)]
     pub crop_pad: usize,
     /// Random horizontal flips of training images (`--flip false` to turn off).
@@ -325,7 +325,20 @@ impl Task for Classification {
                 train.len()
             )));
         }
-        let vit = cfg.vit_config(setup.train, train.height, train.width);
+        let (h, w) = (train.height, train.width);
+        if !(h.is_multiple_of(cfg.patch_size) && w.is_multiple_of(cfg.patch_size)) {
+            return Err(Error::Config(format!(
+                "--patch-size {} must divide the image height and width ({h}×{w})",
+                cfg.patch_size
+            )));
+        }
+        if cfg.crop_pad >= h.min(w) {
+            return Err(Error::Config(format!(
+                "--crop-pad {} must be smaller than the image sides ({h}×{w})",
+                cfg.crop_pad
+            )));
+        }
+        let vit = cfg.vit_config(setup.train, h, w);
         let what = |need: &str| {
             format!(
                 "--batch-size {} needs about {need} for the attention matrices alone ({} \
@@ -378,13 +391,7 @@ impl Task for Classification {
                 cfg.n_classes
             );
         }
-        let model = Vit::new(vit, DType::F32, init).map_err(|e| match e {
-            nn::Error::Config(msg) => Error::Config(format!(
-                "{msg} (check --patch-size {} against the images)",
-                cfg.patch_size
-            )),
-            e => e.into(),
-        })?;
+        let model = Vit::new(vit, DType::F32, init)?;
         let epochs = Epochs::at(setup.train.seed, train.len(), epoch, pos);
         Ok(Classification {
             cfg: cfg.clone(),

@@ -42,8 +42,9 @@ impl Fetchable {
                 format!("fetch it with:\n    {command}")
             } else {
                 format!(
-                    "pass {} with --data, or fetch the default with: {command}",
-                    self.instead
+                    "pass {} with --data, or fetch the default with: {}",
+                    self.instead,
+                    self.command(Path::new(self.default))
                 )
             };
             return Err(Error::DataMissing {

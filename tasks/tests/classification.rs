@@ -208,7 +208,14 @@ fn bad_settings_and_data_are_refused_naming_the_flag_or_file() {
         (t, c)
     };
     for (cfg, want) in [
-        (with(&|c| c.patch_size = 5), "--patch-size 5"),
+        (
+            with(&|c| c.patch_size = 5),
+            "--patch-size 5 must divide the image height and width (28×28)",
+        ),
+        (
+            with(&|c| c.crop_pad = usize::MAX),
+            "must be smaller than the image sides (28×28)",
+        ),
         (
             with(&|c| c.n_heads = 3),
             "--n-heads 3 must divide --d-model 32",

@@ -28,14 +28,16 @@ pub fn recipes<T: Task>() -> String {
     for v in <Variant as clap::ValueEnum>::value_variants() {
         let c = T::defaults(*v);
         out += &format!(
-            "  {:<22} --optimizer {} --lr {} --warmup {} --weight-decay {} --steps {} \
-             --eval-every {} --checkpoint-every {}\n",
+            "  {:<22} --optimizer {} --lr {} --warmup {} --min-lr-ratio {} --weight-decay {} \
+             --steps {} --log-every {} --eval-every {} --checkpoint-every {}\n",
             v.name(),
             c.optimizer.name(),
             c.lr,
             c.warmup,
+            c.min_lr_ratio,
             c.weight_decay,
             c.steps,
+            c.log_every,
             c.eval_every,
             c.checkpoint_every
         );

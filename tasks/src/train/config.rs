@@ -253,7 +253,8 @@ pub struct TrainArgs {
     /// Learning-rate decay after warmup [default: cosine].
     #[arg(long, value_enum)]
     pub schedule: Option<Schedule>,
-    /// Final learning rate of the cosine schedule, as a fraction of --lr [default: 0.1].
+    /// Final learning rate of the cosine schedule, as a fraction of --lr [default: the
+    /// recipe's].
     #[arg(long)]
     pub min_lr_ratio: Option<f64>,
     /// Linear warmup steps [default: the recipe's].
@@ -278,7 +279,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Steps between metrics records; step 1 and the last step are always logged
-    /// [default: 10].
+    /// [default: the program's].
     #[arg(long)]
     pub log_every: Option<usize>,
     /// Steps between evaluations; the last step always evaluates [default: the program's].
