@@ -7,7 +7,8 @@ use crate::confusion::ConfusionMatrix;
 use crate::fetch::Fetchable;
 use crate::images::{load_dir, Augment, Images, FASHION_CLASSES};
 use crate::train::{
-    check_memory, positive, product, seeded, OptimizerKind, Rngs, Setup, Task, TrainConfig, Variant,
+    check_memory, check_transformer, positive, product, seeded, OptimizerKind, Rngs, Setup, Task,
+    TrainConfig, Variant,
 };
 use crate::{Error, Result};
 use engine::{no_grad, DType, Reduction, Tensor};
@@ -283,21 +284,12 @@ impl Task for Classification {
             ("--mlp-ratio", cfg.mlp_ratio),
             ("--val-images", cfg.val_images),
         ])?;
-        let bad = |msg: String| Err(Error::Config(msg));
-        if !(0.0..1.0).contains(&cfg.dropout) {
-            return bad(format!("--dropout must be in [0, 1), got {}", cfg.dropout));
-        }
-        if !cfg.d_model.is_multiple_of(cfg.n_heads) {
-            return bad(format!(
-                "--n-heads {} must divide --d-model {}",
-                cfg.n_heads, cfg.d_model
-            ));
-        }
+        check_transformer(cfg.d_model, cfg.n_heads, cfg.dropout)?;
         if !(2..=256).contains(&cfg.n_classes) {
-            return bad(format!(
+            return Err(Error::Config(format!(
                 "--n-classes must be in 2..=256 (labels are bytes), got {}",
                 cfg.n_classes
-            ));
+            )));
         }
         Ok(())
     }

@@ -5,8 +5,8 @@
 use crate::fetch::Fetchable;
 use crate::text::{eval_batches, load_text, random_batch, Batch, TextData, Vocab};
 use crate::train::{
-    above_zero, check_memory, load_run, positive, product, seeded, Rngs, Setup, Task, TrainConfig,
-    Variant,
+    above_zero, check_memory, check_transformer, load_run, positive, product, seeded, Rngs, Setup,
+    Task, TrainConfig, Variant,
 };
 use crate::{Error, Result};
 use engine::{no_grad, DType, Tensor};
@@ -176,20 +176,12 @@ impl Task for Lm {
             ("--residual-scale", cfg.residual_scale),
             ("--temperature", cfg.temperature),
         ])?;
+        check_transformer(cfg.d_model, cfg.n_heads, cfg.dropout)?;
         let bad = |msg: String| Err(Error::Config(msg));
-        if !(0.0..1.0).contains(&cfg.dropout) {
-            return bad(format!("--dropout must be in [0, 1), got {}", cfg.dropout));
-        }
         if !(cfg.val_fraction > 0.0 && cfg.val_fraction < 1.0) {
             return bad(format!(
                 "val_fraction must be in (0, 1), got {}",
                 cfg.val_fraction
-            ));
-        }
-        if !cfg.d_model.is_multiple_of(cfg.n_heads) {
-            return bad(format!(
-                "--n-heads {} must divide --d-model {}",
-                cfg.n_heads, cfg.d_model
             ));
         }
         let what = |need: &str| {

@@ -213,6 +213,22 @@ pub fn positive(flags: &[(&str, usize)]) -> Result<()> {
     }
 }
 
+/// The checks every transformer's flags share: `--dropout` in [0, 1) and `--n-heads`
+/// dividing `--d-model` (both counts already checked positive).
+pub fn check_transformer(d_model: usize, n_heads: usize, dropout: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(Error::Config(format!(
+            "--dropout must be in [0, 1), got {dropout}"
+        )));
+    }
+    if !d_model.is_multiple_of(n_heads) {
+        return Err(Error::Config(format!(
+            "--n-heads {n_heads} must divide --d-model {d_model}"
+        )));
+    }
+    Ok(())
+}
+
 /// Errors naming the first flag whose value is not finite and > 0.
 pub fn above_zero(flags: &[(&str, f64)]) -> Result<()> {
     match flags.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {

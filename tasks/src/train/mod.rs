@@ -17,8 +17,8 @@ mod step;
 pub use checkpoint::{load_run, LoadedRun};
 pub use cli::{fail, parse_cli, recipes, run_cli, set_threads, ParsedCli};
 pub use config::{
-    above_zero, at_least_zero, check_memory, positive, product, OptimizerKind, Schedule, TrainArgs,
-    TrainConfig, Variant, RESUME_FLAGS,
+    above_zero, at_least_zero, check_memory, check_transformer, positive, product, OptimizerKind,
+    Schedule, TrainArgs, TrainConfig, Variant, RESUME_FLAGS,
 };
 pub use plots::write_plots;
 pub use runner::{run, Outcome, RunOptions, RunSummary};
