@@ -1,9 +1,11 @@
 //! The fused `scaled_dot_product_attention`: finite-difference gradient checks (f64) and
 //! agreement, in values and gradients, with the same attention composed of `matmul`,
 //! `mul_scalar`, a `-inf` mask, `softmax` and `matmul`; the attention entropy of
-//! `scaled_dot_product_attention_with_entropy` against that of the composed probabilities.
+//! `scaled_dot_product_attention_with_entropy` against that of the composed probabilities;
+//! `attention` with key lengths (padding keys hidden) against the composed attention with
+//! an additive padding mask.
 
-use engine::{gradcheck, DType, Error, Result, Tensor};
+use engine::{gradcheck, AttentionOptions, DType, Error, Result, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -423,4 +425,155 @@ fn bad_shapes_and_arguments_are_errors() {
         .scaled_dot_product_attention_with_entropy(&k00, &v00, true, 0.5)
         .unwrap();
     assert_eq!(entropy, [0.0, 0.0]);
+}
+
+/// `[b, 1, t, s]` additive mask hiding the keys `lens[b]..s` of each batch entry (and the
+/// keys after the query when `causal`).
+fn padding_mask(lens: &[usize], t: usize, s: usize, causal: bool, dtype: DType) -> Tensor {
+    let mask: Vec<f64> = (0..lens.len() * t * s)
+        .map(|i| {
+            let (b, row, col) = (i / (t * s), i / s % t, i % s);
+            if col >= lens[b] || (causal && col > row) {
+                f64::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_f64s(&mask, &[lens.len(), 1, t, s], dtype).unwrap()
+}
+
+fn padded(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, lens: &[usize]) -> Result<Tensor> {
+    let opts = AttentionOptions {
+        causal,
+        scale: 0.3,
+        key_lengths: Some(lens),
+        entropy: true,
+    };
+    Ok(q.attention(k, v, &opts)?.0)
+}
+
+fn padded_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    lens: &[usize],
+) -> Result<Tensor> {
+    let (t, s) = (q.shape()[2], k.shape()[2]);
+    let scores = q.matmul(&k.transpose(2, 3)?)?.mul_scalar(0.3)?;
+    let mask = padding_mask(lens, t, s, causal, q.dtype());
+    scores.add(&mask)?.softmax(3)?.matmul(v)
+}
+
+/// Key lengths hide the padding keys exactly as an additive `-inf` padding mask does, in
+/// values and in the gradients of queries, keys and values (the padding keys get 0), with
+/// 70 keys crossing two causal blocks, causal or not, on strided inputs.
+#[test]
+fn key_lengths_match_a_composed_padding_mask() {
+    for causal in [false, true] {
+        for lens in [[70, 33], [1, 70], [64, 65]] {
+            let x = merged(2, 3, [70, 70, 70], [8, 8, 5], DType::F64);
+            let run = |f: fn(&Tensor, &Tensor, &Tensor, bool, &[usize]) -> Result<Tensor>| {
+                let h: Vec<Tensor> = x.iter().map(|l| split(l, 3)).collect();
+                let y = f(&h[0], &h[1], &h[2], causal, &lens).unwrap();
+                let r = randn(y.shape(), y.dtype(), 99);
+                y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+                let grads: Vec<Vec<f64>> = x
+                    .iter()
+                    .map(|l| {
+                        let g = l.grad().unwrap().to_vec_f64().unwrap();
+                        l.zero_grad();
+                        g
+                    })
+                    .collect();
+                (y.to_vec_f64().unwrap(), grads)
+            };
+            let (y, g) = run(padded);
+            let (y_ref, g_ref) = run(padded_composed);
+            assert_close(&y, &y_ref, 1e-12);
+            for (a, b) in g.iter().zip(&g_ref) {
+                assert_close(a, b, 1e-12);
+            }
+            // Padding keys of entry 1 (keys lens[1]..70, rows of the [b, s, h·d] leaves)
+            // receive no gradient.
+            let width = 3 * 8;
+            let pad = &g[1][(70 + lens[1]) * width..];
+            assert!(pad.iter().all(|&v| v == 0.0), "causal {causal} {lens:?}");
+        }
+    }
+}
+
+#[test]
+fn gradcheck_with_key_lengths() {
+    for causal in [false, true] {
+        let inputs = leaves(2, 2, [5, 5, 5], [3, 3, 2]);
+        let f = |x: &[Tensor]| padded(&x[0], &x[1], &x[2], causal, &[5, 2]);
+        let report = gradcheck(f, &inputs).unwrap();
+        assert_eq!(
+            report.checked,
+            inputs.iter().map(Tensor::numel).sum::<usize>()
+        );
+    }
+}
+
+/// With key lengths, the entropy is averaged over the rows of real queries (`i <
+/// lens[b]`) only, each row's entropy that of the composed padded probabilities.
+#[test]
+fn entropy_with_key_lengths_averages_the_real_rows() {
+    let lens = [6, 2];
+    let x: Vec<Tensor> = merged(2, 2, [6, 6, 6], [4, 4, 3], DType::F64)
+        .iter()
+        .map(|l| split(l, 2))
+        .collect();
+    let opts = AttentionOptions {
+        causal: false,
+        scale: 0.3,
+        key_lengths: Some(&lens),
+        entropy: true,
+    };
+    let (_, entropy) = x[0].attention(&x[1], &x[2], &opts).unwrap();
+    let scores = x[0].matmul(&x[1].transpose(2, 3).unwrap()).unwrap();
+    let p = scores
+        .mul_scalar(0.3)
+        .unwrap()
+        .add(&padding_mask(&lens, 6, 6, false, DType::F64))
+        .unwrap()
+        .softmax(3)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    for (h, e) in entropy.iter().enumerate() {
+        let mut sum = 0.0;
+        for (b, &len) in lens.iter().enumerate() {
+            for i in 0..len {
+                let row = &p[((b * 2 + h) * 6 + i) * 6..][..6];
+                sum -= row
+                    .iter()
+                    .filter(|&&v| v > 0.0)
+                    .map(|&v| v * v.ln())
+                    .sum::<f64>();
+            }
+        }
+        let want = sum / 8.0;
+        assert!((e - want).abs() < 1e-12, "head {h}: {e} vs {want}");
+    }
+}
+
+#[test]
+fn bad_key_lengths_are_errors() {
+    let x: Vec<Tensor> = leaves(2, 1, [3, 4, 4], [2, 2, 2]);
+    for lens in [&[4][..], &[4, 0], &[5, 1], &[1, 2, 3]] {
+        let opts = AttentionOptions {
+            causal: false,
+            scale: 1.0,
+            key_lengths: Some(lens),
+            entropy: false,
+        };
+        let err = x[0].attention(&x[1], &x[2], &opts).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument { .. }) && err.to_string().contains("1..=4"),
+            "{lens:?}: {err}"
+        );
+    }
 }

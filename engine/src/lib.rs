@@ -29,7 +29,7 @@ pub use dtype::{DType, Float};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, gradcheck_with, GradcheckOptions, GradcheckReport};
 pub use layout::{broadcast_shapes, checked_numel, Layout, Shape};
-pub use ops::{Activation, Reduction, IGNORE_INDEX};
+pub use ops::{Activation, AttentionOptions, Reduction, IGNORE_INDEX};
 pub use sigma_reparam::{
     sigma_reparam_linear, sigma_reparam_linear_act, GammaInit, PowerIterState, NORM_EPS, SIGMA_EPS,
 };

@@ -20,17 +20,31 @@ use std::sync::Mutex;
 /// `−Σ_j p ln p` per row (terms with `p = 0` count 0), averaged over batch and queries,
 /// summed in a fixed order in `f64`. Errors unless `p` has rank 4.
 pub fn mean_entropy_per_head(p: &Tensor) -> Result<Vec<f64>> {
+    padded_mean_entropy_per_head(p, None)
+}
+
+/// [`mean_entropy_per_head`] of padded sequences: with `lengths` (one per batch entry),
+/// only the query rows `i < lengths[b]` are averaged. Errors unless `p` has rank 4 and
+/// `lengths`, when given, one length per batch entry.
+pub fn padded_mean_entropy_per_head(p: &Tensor, lengths: Option<&[usize]>) -> Result<Vec<f64>> {
     let &[b, h, t, s] = p.shape() else {
         return Err(crate::Error::Config(format!(
             "attention entropy needs probabilities [batch, heads, queries, keys], got {:?}",
             p.shape()
         )));
     };
-    let rows = (b * t).max(1) as f64;
+    if lengths.is_some_and(|l| l.len() != b) {
+        return Err(crate::Error::Config(format!(
+            "attention entropy needs {b} lengths, got {lengths:?}"
+        )));
+    }
+    let real = |batch: usize| lengths.map_or(t, |l| l[batch].min(t));
+    let rows = (0..b).map(real).sum::<usize>().max(1) as f64;
     let mut out = vec![0.0; h];
     let mut add = |i: usize, x: f64| {
-        if x > 0.0 {
-            out[(i / (t * s)) % h] -= x * x.ln();
+        let (row, pair) = ((i / s) % t, i / (t * s));
+        if x > 0.0 && row < real(pair / h) {
+            out[pair % h] -= x * x.ln();
         }
     };
     match p.dtype() {
@@ -145,7 +159,8 @@ pub struct SelfAttention {
     attn_drop: Dropout,
     record: AtomicBool,
     entropy: Mutex<Vec<f64>>,
-    last_input: Mutex<Option<Tensor>>,
+    /// The last recorded input and its sequence lengths (`None`: all `t`).
+    last_input: Mutex<Option<(Tensor, Option<Vec<usize>>)>>,
     mask: Mutex<Option<Tensor>>,
 }
 
@@ -207,6 +222,20 @@ impl SelfAttention {
     /// Attend over `x` `[batch, t, d_model]`, giving `[batch, t, d_model]`; `rng` drives
     /// attention dropout. Errors on a shape mismatch.
     pub fn forward(&self, x: &Tensor, rng: &mut impl rand::Rng) -> Result<Tensor> {
+        self.forward_padded(x, None, rng)
+    }
+
+    /// [`SelfAttention::forward`] over a batch of sequences padded to `t`: with `lengths`
+    /// (one per sequence, each in `1..=t`), the padding positions `lengths[i]..t` are
+    /// hidden as keys from every query (PyTorch's `key_padding_mask`), and the recorded
+    /// entropy averages the rows of real positions only. The outputs at padding positions
+    /// are computed but meaningless. Errors on a shape mismatch or bad lengths.
+    pub fn forward_padded(
+        &self,
+        x: &Tensor,
+        lengths: Option<&[usize]>,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Tensor> {
         let &[b, t, d] = x.shape() else {
             return Err(crate::Error::Config(format!(
                 "attention input must be [batch, t, d_model], got {:?}",
@@ -225,33 +254,62 @@ impl SelfAttention {
         // The fused op unless dropout must act on the probabilities in between; the entropy
         // comes from the probabilities the output is computed from, before dropout.
         let (y, entropy) = if self.attn_drop.is_active() {
-            let p = self.probs(&q, &k, scale)?;
-            let entropy = record.then(|| mean_entropy_per_head(&p)).transpose()?;
+            let p = self.probs(&q, &k, scale, lengths)?;
+            let entropy = record
+                .then(|| padded_mean_entropy_per_head(&p, lengths))
+                .transpose()?;
             (self.attn_drop.forward(&p, rng)?.matmul(&v)?, entropy)
-        } else if record {
-            let (y, e) = q.scaled_dot_product_attention_with_entropy(&k, &v, self.causal, scale)?;
-            (y, Some(e))
         } else {
-            let y = q.scaled_dot_product_attention(&k, &v, self.causal, scale)?;
-            (y, None)
+            let opts = engine::AttentionOptions {
+                causal: self.causal,
+                scale,
+                key_lengths: lengths,
+                entropy: record,
+            };
+            let (y, e) = q.attention(&k, &v, &opts)?;
+            (y, record.then_some(e))
         };
         if let Some(entropy) = entropy {
             *self.entropy.lock().expect("entropy lock poisoned") = entropy;
-            *self.last_input.lock().expect("input lock poisoned") = Some(x.detach());
+            *self.last_input.lock().expect("input lock poisoned") =
+                Some((x.detach(), lengths.map(<[usize]>::to_vec)));
         }
         self.proj
             .forward(&y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, d])?)
     }
 
-    /// Attention probabilities `softmax(scale · q kᵀ (+ causal mask))` `[batch, heads, t, t]`
-    /// from heads `[batch, heads, t, d_head]`, as separate differentiable ops.
-    fn probs(&self, q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
-        let scores = q.matmul(&k.transpose(2, 3)?)?.mul_scalar(scale)?;
-        let scores = if self.causal {
-            scores.add(&self.mask(q.shape()[2], q.dtype())?)?
-        } else {
-            scores
-        };
+    /// Attention probabilities `softmax(scale · q kᵀ (+ causal mask) (+ padding mask))`
+    /// `[batch, heads, t, t]` from heads `[batch, heads, t, d_head]`, as separate
+    /// differentiable ops.
+    fn probs(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        scale: f64,
+        lengths: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let (b, t) = (q.shape()[0], q.shape()[2]);
+        let mut scores = q.matmul(&k.transpose(2, 3)?)?.mul_scalar(scale)?;
+        if self.causal {
+            scores = scores.add(&self.mask(t, q.dtype())?)?;
+        }
+        if let Some(lengths) = lengths {
+            if lengths.len() != b || lengths.iter().any(|&l| l == 0 || l > t) {
+                return Err(crate::Error::Config(format!(
+                    "attention lengths must hold {b} lengths in 1..={t}, got {lengths:?}"
+                )));
+            }
+            let mask: Vec<f64> = (0..b * t)
+                .map(|i| {
+                    if i % t < lengths[i / t] {
+                        0.0
+                    } else {
+                        f64::NEG_INFINITY
+                    }
+                })
+                .collect();
+            scores = scores.add(&Tensor::from_f64s(&mask, &[b, 1, 1, t], q.dtype())?)?;
+        }
         Ok(scores.softmax(3)?)
     }
 
@@ -274,10 +332,12 @@ impl SelfAttention {
     /// ‖X‖₂²` from the effective (σReparam-scaled) weights, biases ignored. Bidirectional:
     /// every row sees all `T` keys, so the bound is the full-row bound with `T`. Causal:
     /// query `i` sees `i+1` keys, so the bound is averaged over rows with `T = i+1` (using
-    /// the whole sequence's `‖X‖₂`, which only loosens it). Then averaged over sequences.
-    /// `None` before any recorded forward.
+    /// the whole sequence's `‖X‖₂`, which only loosens it). Then averaged over sequences;
+    /// a padded sequence ([`SelfAttention::forward_padded`]) counts its real positions
+    /// only. `None` before any recorded forward.
     pub fn entropy_bound(&self) -> Result<Option<Vec<f64>>> {
-        let Some(x) = self.last_input.lock().expect("input lock poisoned").clone() else {
+        let Some((x, lengths)) = self.last_input.lock().expect("input lock poisoned").clone()
+        else {
             return Ok(None);
         };
         let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
@@ -304,7 +364,9 @@ impl SelfAttention {
         let xs = x.to_vec_f64()?;
         let mut out = vec![0.0; h];
         for s in 0..b {
-            let xb = &xs[s * t * d..(s + 1) * t * d];
+            // A padded sequence is its first `lengths[s]` positions.
+            let t = lengths.as_ref().map_or(t, |l| l[s]);
+            let xb = &xs[s * x.shape()[1] * d..][..t * d];
             let x_sq = top_eigenvalue(d, |v| matvec_t(xb, t, d, &matvec(xb, t, d, v)));
             for (o, &m) in out.iter_mut().zip(&qk_norm) {
                 let sv = m * x_sq;
@@ -483,7 +545,9 @@ mod tests {
                     .permute(&[0, 2, 1, 3])
                     .unwrap()
             };
-            let p = attn.probs(&heads(&attn.q), &heads(&attn.k), 0.5).unwrap();
+            let p = attn
+                .probs(&heads(&attn.q), &heads(&attn.k), 0.5, None)
+                .unwrap();
             let want = mean_entropy_per_head(&p).unwrap();
             let close = |got: &[f64]| {
                 assert_eq!(got.len(), 2);

@@ -119,6 +119,17 @@ impl Block {
 
     /// `x` `[batch, t, d_model]` through both residual branches; `rng` drives dropout.
     pub fn forward(&self, x: &Tensor, rng: &mut impl rand::Rng) -> Result<Tensor> {
+        self.forward_padded(x, None, rng)
+    }
+
+    /// [`Block::forward`] of sequences padded to `t`, their `lengths` hiding the padding
+    /// from attention ([`SelfAttention::forward_padded`]).
+    pub fn forward_padded(
+        &self,
+        x: &Tensor,
+        lengths: Option<&[usize]>,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Tensor> {
         let scale = |y: Tensor| -> Result<Tensor> {
             if self.residual_scale == 1.0 {
                 Ok(y)
@@ -128,13 +139,15 @@ impl Block {
         };
         match self.norm {
             NormPlacement::Pre => {
-                let a = self.attn.forward(&Self::norm(&self.ln1, x)?, rng)?;
+                let a = self
+                    .attn
+                    .forward_padded(&Self::norm(&self.ln1, x)?, lengths, rng)?;
                 let x = x.add(&scale(self.drop.forward(&a, rng)?)?)?;
                 let m = self.mlp.forward(&Self::norm(&self.ln2, &x)?)?;
                 Ok(x.add(&scale(self.drop.forward(&m, rng)?)?)?)
             }
             NormPlacement::Post | NormPlacement::None => {
-                let a = self.attn.forward(x, rng)?;
+                let a = self.attn.forward_padded(x, lengths, rng)?;
                 let x = Self::norm(&self.ln1, &x.add(&scale(self.drop.forward(&a, rng)?)?)?)?;
                 let m = self.mlp.forward(&x)?;
                 Self::norm(&self.ln2, &x.add(&scale(self.drop.forward(&m, rng)?)?)?)
@@ -233,6 +246,19 @@ impl Trunk {
     /// `[batch, t, d_model]`; `rng` drives dropout. Errors unless `x` is rank 3 with last
     /// dimension `d_model`.
     pub fn forward(&self, x: &Tensor, rng: &mut impl rand::Rng) -> Result<Tensor> {
+        self.forward_padded(x, None, rng)
+    }
+
+    /// [`Trunk::forward`] of a batch of sequences padded to `t`: with `lengths` (one per
+    /// sequence, each in `1..=t`), attention never looks at the padding positions
+    /// `lengths[i]..t` (their outputs are computed but meaningless). Errors as
+    /// [`Trunk::forward`], and on bad lengths.
+    pub fn forward_padded(
+        &self,
+        x: &Tensor,
+        lengths: Option<&[usize]>,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Tensor> {
         if x.rank() != 3 || x.shape()[2] != self.config.d_model {
             return Err(Error::Config(format!(
                 "trunk input must be [batch, t, d_model = {}], got {:?}",
@@ -242,7 +268,7 @@ impl Trunk {
         }
         let mut x = x.clone();
         for b in &self.blocks {
-            x = b.forward(&x, rng)?;
+            x = b.forward_padded(&x, lengths, rng)?;
         }
         match &self.ln_f {
             Some(ln) => ln.forward(&x),
@@ -407,6 +433,70 @@ mod tests {
                 let y2 = trunk.forward(&x2, &mut rng).unwrap().to_vec_f64().unwrap();
                 assert_eq!(y[..8] == y2[..8], causal, "{norm:?} causal {causal}");
                 assert_ne!(y[32..], y2[32..]);
+            }
+        }
+    }
+
+    /// A sequence padded with garbage gives, at its real positions, the outputs of the
+    /// sequence alone, and the recorded entropy averages the real rows only; with attention
+    /// dropout active (the composed path), the first block's entropy, taken before dropout,
+    /// is the same.
+    #[test]
+    fn padding_is_invisible_to_the_real_positions() {
+        for norm in [NormPlacement::Pre, NormPlacement::Post, NormPlacement::None] {
+            for sigma in [false, true] {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+                let trunk = Trunk::new(config(norm, sigma, false), DType::F64, &mut rng).unwrap();
+                trunk.eval();
+                let short = Tensor::randn(&[1, 3, 8], 0.0, 1.0, DType::F64, &mut rng);
+                let long = Tensor::randn(&[1, 5, 8], 0.0, 1.0, DType::F64, &mut rng);
+                let pad = Tensor::randn(&[1, 2, 8], 0.0, 9.0, DType::F64, &mut rng);
+                let padded = Tensor::cat(&[&short, &pad], 1).unwrap();
+                let batch = Tensor::cat(&[&padded, &long], 0).unwrap();
+                let alone = |x: &Tensor, rng: &mut rand_chacha::ChaCha8Rng| {
+                    let y = trunk.forward(x, rng).unwrap().to_vec_f64().unwrap();
+                    let e = trunk.blocks()[1].attention().entropy();
+                    (y, e)
+                };
+                let (y_short, e_short) = alone(&short, &mut rng);
+                let (y_long, e_long) = alone(&long, &mut rng);
+                let y = trunk
+                    .forward_padded(&batch, Some(&[3, 5]), &mut rng)
+                    .unwrap()
+                    .to_vec_f64()
+                    .unwrap();
+                let case = format!("{norm:?} σReparam {sigma}");
+                for (a, b) in y[..24].iter().zip(&y_short) {
+                    assert!((a - b).abs() < 1e-12, "{case}: {a} vs {b}");
+                }
+                for (a, b) in y[40..].iter().zip(&y_long) {
+                    assert!((a - b).abs() < 1e-12, "{case}: {a} vs {b}");
+                }
+                // Entropy: the mean over the 3 + 5 real rows.
+                let e = trunk.blocks()[1].attention().entropy();
+                for h in 0..2 {
+                    let want = (3.0 * e_short[h] + 5.0 * e_long[h]) / 8.0;
+                    assert!((e[h] - want).abs() < 1e-12, "{case}: {} vs {want}", e[h]);
+                }
+                if !sigma {
+                    let first = trunk.blocks()[0].attention().entropy();
+                    let dropped = Trunk::new(
+                        TrunkConfig {
+                            dropout: 0.5,
+                            ..config(norm, sigma, false)
+                        },
+                        DType::F64,
+                        &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
+                    )
+                    .unwrap();
+                    dropped
+                        .forward_padded(&batch, Some(&[3, 5]), &mut rng)
+                        .unwrap();
+                    let e = dropped.blocks()[0].attention().entropy();
+                    for (a, b) in e.iter().zip(&first) {
+                        assert!((a - b).abs() < 1e-12, "{case} dropout: {a} vs {b}");
+                    }
+                }
             }
         }
     }

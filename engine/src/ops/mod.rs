@@ -15,6 +15,7 @@ mod softmax;
 mod unary;
 mod view;
 
+pub use attention::AttentionOptions;
 pub use linear::Activation;
 pub(crate) use linear::{check_linear, weight_dims, LinearShape};
 pub use loss::{Reduction, IGNORE_INDEX};
