@@ -1,8 +1,10 @@
 //! Neural-network building blocks on top of [`engine`]: modules with named parameters and
 //! `state_dict`, layers (including the σReparam linear), attention that reports its
 //! entropy, losses, optimizers and checkpoints.
+pub mod asr;
 pub mod attention;
 pub mod checkpoint;
+mod conv;
 mod dropout;
 mod embedding;
 mod error;
@@ -18,8 +20,10 @@ pub mod transformer;
 pub mod trunk;
 pub mod vit;
 
+pub use asr::{AsrConfig, AsrTransformer};
 pub use attention::SelfAttention;
 pub use checkpoint::{Checkpoint, CheckpointError};
+pub use conv::Conv1d;
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use engine::GammaInit;

@@ -12,24 +12,24 @@ const INIT_TOL: f64 = 1e-6;
 /// top two singular values are close).
 const INIT_MAX_ITERS: usize = 500;
 
-/// PyTorch's default `nn.Linear` initialization: weight and bias uniform in `[−k, k)` with
-/// `k = 1/√in` (for `in = 0`, `k = 0`).
-fn init_weight_bias(
-    in_features: usize,
-    out_features: usize,
+/// PyTorch's default initialization of `nn.Linear` and `nn.Conv1d`: a weight of `shape`
+/// `[out, ...]` and a bias `[out]` uniform in `[−k, k)` with `k = 1/√fan_in`, `fan_in` the
+/// product of `shape[1..]` (for `fan_in = 0`, `k = 0`).
+pub(crate) fn init_weight_bias(
+    shape: &[usize],
     bias: bool,
     dtype: DType,
     rng: &mut impl rand::Rng,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let k = if in_features == 0 {
+    let fan_in: usize = shape[1..].iter().product();
+    let k = if fan_in == 0 {
         0.0
     } else {
-        1.0 / (in_features as f64).sqrt()
+        1.0 / (fan_in as f64).sqrt()
     };
-    let weight =
-        Tensor::rand(&[out_features, in_features], -k, k, dtype, rng).requires_grad_(true)?;
+    let weight = Tensor::rand(shape, -k, k, dtype, rng).requires_grad_(true)?;
     let bias = if bias {
-        Some(Tensor::rand(&[out_features], -k, k, dtype, rng).requires_grad_(true)?)
+        Some(Tensor::rand(&shape[..1], -k, k, dtype, rng).requires_grad_(true)?)
     } else {
         None
     };
@@ -55,7 +55,7 @@ impl Linear {
         dtype: DType,
         rng: &mut impl rand::Rng,
     ) -> Result<Self> {
-        let (weight, bias) = init_weight_bias(in_features, out_features, bias, dtype, rng)?;
+        let (weight, bias) = init_weight_bias(&[out_features, in_features], bias, dtype, rng)?;
         Ok(Linear { weight, bias })
     }
 
@@ -121,7 +121,7 @@ impl SigmaReparamLinear {
         dtype: DType,
         rng: &mut impl rand::Rng,
     ) -> Result<Self> {
-        let (weight, bias) = init_weight_bias(in_features, out_features, bias, dtype, rng)?;
+        let (weight, bias) = init_weight_bias(&[out_features, in_features], bias, dtype, rng)?;
         let state = PowerIterState::init(&weight, INIT_TOL, INIT_MAX_ITERS)?;
         let gamma = match gamma_init {
             GammaInit::Sigma => state.sigma().copy()?,

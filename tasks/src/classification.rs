@@ -496,7 +496,7 @@ impl Task for Classification {
         out: &Path,
         rng: &mut ChaCha8Rng,
         verbose: bool,
-    ) -> Result<Vec<(&'static str, f64)>> {
+    ) -> Result<Vec<(String, f64)>> {
         self.model.eval();
         self.model.set_record_entropy(false);
         let mut rngs = Rngs {
@@ -521,8 +521,8 @@ impl Task for Classification {
             let _ = writeln!(std::io::stdout(), "{text}");
         }
         Ok(vec![
-            ("test_loss", loss / self.test.len().max(1) as f64),
-            ("test_accuracy", confusion.accuracy()),
+            ("test_loss".into(), loss / self.test.len().max(1) as f64),
+            ("test_accuracy".into(), confusion.accuracy()),
         ])
     }
 }

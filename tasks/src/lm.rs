@@ -338,7 +338,7 @@ impl Task for Lm {
         out: &Path,
         rng: &mut ChaCha8Rng,
         verbose: bool,
-    ) -> Result<Vec<(&'static str, f64)>> {
+    ) -> Result<Vec<(String, f64)>> {
         if self.cfg.sample_chars == 0 {
             return Ok(Vec::new());
         }

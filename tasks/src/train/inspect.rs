@@ -2,7 +2,7 @@
 
 use super::Inspect;
 use crate::Result;
-use nn::{Block, Gpt, LinearLayer, Vit};
+use nn::{AsrTransformer, Block, Gpt, LinearLayer, Vit};
 
 /// Per block: the mean attention entropy per head of the last recorded forward and its
 /// Theorem 3.1 bound per head.
@@ -41,5 +41,19 @@ impl Inspect for Vit {
 
     fn linears(&self) -> Vec<(String, &LinearLayer)> {
         Vit::linears(self)
+    }
+}
+
+impl Inspect for AsrTransformer {
+    fn set_record_entropy(&self, on: bool) {
+        AsrTransformer::set_record_entropy(self, on)
+    }
+
+    fn attention_stats(&self) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+        attention_stats(self.trunk().blocks())
+    }
+
+    fn linears(&self) -> Vec<(String, &LinearLayer)> {
+        AsrTransformer::linears(self)
     }
 }

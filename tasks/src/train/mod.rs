@@ -158,7 +158,7 @@ pub trait Task: Sized {
         out: &Path,
         rng: &mut ChaCha8Rng,
         verbose: bool,
-    ) -> Result<Vec<(&'static str, f64)>>;
+    ) -> Result<Vec<(String, f64)>>;
 }
 
 /// Per-layer attention entropy and bound, σ and γ of every σReparam layer, as the record

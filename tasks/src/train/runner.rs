@@ -463,7 +463,7 @@ pub fn run<T: Task>(
         let results = tr
             .task
             .finish(&opts.out, &mut seeded(cfg.seed, 3), opts.verbose)?;
-        eval.extend(results.into_iter().map(|(k, v)| (k.to_string(), v)));
+        eval.extend(results);
     }
     if opts.plots && outcome != Outcome::Stopped {
         write_plots(&opts.out, T::LOSS_UNIT, T::plots_sigma_of)?;
