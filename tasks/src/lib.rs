@@ -1,6 +1,7 @@
 //! The task programs' library: the training harness they share ([`train`]), the tasks
-//! ([`lm`], [`classification`]), text and image data, JSONL metrics, confusion matrices and
-//! SVG plots.
+//! ([`lm`], [`classification`]), text, image and audio data, JSONL metrics, confusion matrices
+//! and SVG plots.
+pub mod audio;
 pub mod classification;
 pub mod confusion;
 pub mod fetch;
