@@ -1,7 +1,8 @@
 //! The task programs' library: the training harness they share ([`train`]), the tasks
-//! ([`lm`], [`classification`]), text and image data, JSONL metrics, confusion matrices and
-//! SVG plots.
+//! ([`lm`], [`classification`], [`asr`]), text, image and audio data, JSONL metrics, confusion matrices
+//! and SVG plots.
 pub mod asr;
+pub mod audio;
 pub mod classification;
 pub mod confusion;
 pub mod fetch;
