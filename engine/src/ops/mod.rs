@@ -2,6 +2,7 @@
 mod attention;
 mod binary;
 mod concat;
+mod conv;
 mod dropout;
 mod index;
 mod linear;
@@ -15,6 +16,7 @@ mod softmax;
 mod unary;
 mod view;
 
+pub use conv::Conv1dOptions;
 pub use linear::Activation;
 pub(crate) use linear::{check_linear, weight_dims, LinearShape};
 pub use loss::{Reduction, IGNORE_INDEX};
