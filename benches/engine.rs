@@ -13,9 +13,12 @@
 //!   `add_forward` records one add; `sum_backward` is `sum_all` + `backward` alone;
 //!   `add_sum_backward` is add + `sum_all` + `backward`, so one recorded add costs its
 //!   forward plus the difference of the last two.
+//! - `conv1d/speech_frontend`: f32 `conv1d` forward and backward at the speech model's
+//!   front-end shape (input `[16, 80, 600]`, weight `[288, 80, 7]` with a bias, stride 3):
+//!   the weight and bias gradients, as for log-mel features that need none.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use engine::{DType, Tensor};
+use engine::{Conv1dOptions, DType, Tensor};
 use rand::SeedableRng;
 
 fn sgemm(c: &mut Criterion) {
@@ -81,5 +84,32 @@ fn tiny(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sgemm, elementwise, tiny);
+fn conv1d(c: &mut Criterion) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let leaf = |shape: &[usize], rng: &mut rand_chacha::ChaCha8Rng| {
+        Tensor::randn(shape, 0.0, 0.1, DType::F32, rng)
+            .requires_grad_(true)
+            .unwrap()
+    };
+    let x = Tensor::randn(&[16, 80, 600], 0.0, 1.0, DType::F32, &mut rng);
+    let w = leaf(&[288, 80, 7], &mut rng);
+    let b = leaf(&[288], &mut rng);
+    let opts = Conv1dOptions {
+        stride: 3,
+        ..Conv1dOptions::default()
+    };
+    let mut g = c.benchmark_group("conv1d");
+    g.sample_size(10);
+    g.bench_function("speech_frontend", |bch| {
+        bch.iter(|| {
+            let y = x.conv1d(&w, Some(&b), opts).unwrap();
+            y.sum_all().unwrap().backward().unwrap();
+            w.zero_grad();
+            b.zero_grad();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, sgemm, elementwise, tiny, conv1d);
 criterion_main!(benches);

@@ -6,7 +6,8 @@
 //! - Kernels: multithreaded through rayon (set `RAYON_NUM_THREADS` to choose the thread
 //!   count); matrix products through the `gemm` crate.
 //! - Fused ops: [`Tensor::linear_act`] (an [`Activation`] applied inside the product kernel),
-//!   [`Tensor::scaled_dot_product_attention`], [`Tensor::layer_norm`], [`Tensor::cross_entropy`].
+//!   [`Tensor::scaled_dot_product_attention`], [`Tensor::layer_norm`], [`Tensor::cross_entropy`],
+//!   [`Tensor::glu`]; [`Tensor::conv1d`] runs its multiply-adds in the product kernels.
 //! - σReparam: [`sigma_reparam_linear`], the fused spectrally reparametrized linear map, with
 //!   its persistent [`PowerIterState`].
 //! - [`gradcheck()`]: finite-difference verification of any differentiable function.
@@ -29,7 +30,7 @@ pub use dtype::{DType, Float};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, gradcheck_with, GradcheckOptions, GradcheckReport};
 pub use layout::{broadcast_shapes, checked_numel, Layout, Shape};
-pub use ops::{Activation, AttentionOptions, Reduction, IGNORE_INDEX};
+pub use ops::{Activation, AttentionOptions, Conv1dOptions, Reduction, IGNORE_INDEX};
 pub use sigma_reparam::{
     sigma_reparam_linear, sigma_reparam_linear_act, GammaInit, PowerIterState, NORM_EPS, SIGMA_EPS,
 };

@@ -4,7 +4,7 @@
 use crate::linear::init_weight_bias;
 use crate::module::join;
 use crate::{Error, Module, Result, TensorRole};
-use engine::{DType, Tensor};
+use engine::{Conv1dOptions, DType, Tensor};
 
 /// A 1-D convolution `y = conv1d(x, W, b)` with zero padding on both sides.
 ///
@@ -66,7 +66,12 @@ impl Conv1d {
     /// Errors (naming the shapes) when `x` is not rank 3 with `in_channels` channels or is
     /// shorter than the kernel.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.conv1d(&self.weight, self.bias.as_ref(), self.stride, self.padding, 1)?)
+        let opts = Conv1dOptions {
+            stride: self.stride,
+            padding: self.padding,
+            dilation: 1,
+        };
+        Ok(x.conv1d(&self.weight, self.bias.as_ref(), opts)?)
     }
 
     /// The weight `[out_channels, in_channels, kernel_size]`.

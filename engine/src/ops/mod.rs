@@ -2,6 +2,7 @@
 mod attention;
 mod binary;
 mod concat;
+mod conv;
 mod dropout;
 mod index;
 mod linear;
@@ -16,6 +17,7 @@ mod unary;
 mod view;
 
 pub use attention::AttentionOptions;
+pub use conv::Conv1dOptions;
 pub use linear::Activation;
 pub(crate) use linear::{check_linear, weight_dims, LinearShape};
 pub use loss::{Reduction, IGNORE_INDEX};

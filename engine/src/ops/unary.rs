@@ -159,7 +159,9 @@ fn gelu_tanh_parts<T: Float>(x: T) -> (T, T) {
     (T::one() / (T::one() + e), e)
 }
 
-fn sigmoid<T: Float>(v: T) -> T {
+/// The logistic sigmoid of one value, as [`Tensor::sigmoid`] computes it (shared with
+/// [`Tensor::glu`], so both give the same bits).
+pub(crate) fn sigmoid<T: Float>(v: T) -> T {
     // Two branches so that exp never overflows.
     if v >= T::zero() {
         T::one() / (T::one() + (-v).exp())
