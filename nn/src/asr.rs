@@ -180,8 +180,10 @@ impl AsrTransformer {
                 features.shape()
             )));
         }
+        // The convolution's output is a channels-first view of dense [batch, t', 2·d]
+        // storage: back to time-major at no cost, then the GLU over the last dimension.
         let x = self.conv.forward(&features.permute(&[0, 2, 1])?)?;
-        let x = x.glu(1)?.permute(&[0, 2, 1])?;
+        let x = x.permute(&[0, 2, 1])?.glu(2)?;
         let t = x.shape()[1];
         let x = x.add(&self.positions(t, x.dtype())?)?;
         let steps: Vec<usize> = frames.iter().map(|&n| self.output_len(n)).collect();
@@ -248,5 +250,113 @@ impl Module for AsrTransformer {
     fn set_training(&self, training: bool) {
         self.trunk.set_training(training);
         self.head.set_training(training);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ModuleExt;
+    use engine::gradcheck;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn tiny(norm: NormPlacement, sigma_reparam: bool) -> AsrConfig {
+        AsrConfig {
+            n_features: 3,
+            n_classes: 4,
+            d_model: 4,
+            n_layers: 2,
+            n_heads: 2,
+            mlp_ratio: 2,
+            dropout: 0.0,
+            norm,
+            sigma_reparam,
+            gamma_one: true,
+            conv_kernel: 3,
+            conv_stride: 2,
+        }
+    }
+
+    #[test]
+    fn shapes_lengths_and_parameter_names() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let m = AsrTransformer::new(tiny(NormPlacement::Pre, true), DType::F64, &mut rng).unwrap();
+        assert_eq!(
+            (1..=6).map(|n| m.output_len(n)).collect::<Vec<_>>(),
+            [1, 1, 2, 2, 3, 3]
+        );
+        let x = Tensor::randn(&[2, 5, 3], 0.0, 1.0, DType::F64, &mut rng);
+        let lp = m.forward(&x, &[5, 2], &mut rng).unwrap();
+        assert_eq!(lp.shape(), [3, 2, 4]);
+        // Log-probabilities: each row's exponentials sum to 1.
+        for row in lp.to_vec_f64().unwrap().chunks(4) {
+            let total: f64 = row.iter().map(|v| v.exp()).sum();
+            assert!((total - 1.0).abs() < 1e-12);
+        }
+        let names: Vec<String> = m.named_parameters().into_iter().map(|p| p.0).collect();
+        assert_eq!(names[..2], ["conv.weight", "conv.bias"]);
+        assert_eq!(names.last().unwrap(), "head.bias");
+        assert_eq!(m.linears().len(), 9);
+        for (shape, lens) in [(&[2, 5, 2][..], &[5, 2][..]), (&[2, 5, 3], &[5]), (&[2, 5, 3], &[6, 1]), (&[2, 5, 3], &[0, 5])] {
+            let x = Tensor::zeros(shape, DType::F64);
+            let err = m.forward(&x, lens, &mut rng).unwrap_err().to_string();
+            assert!(err.contains("AsrTransformer"), "{shape:?} {lens:?}: {err}");
+        }
+    }
+
+    /// An utterance padded with zero frames in a batch gives, at its real steps, what it
+    /// gives alone (zero padding is also what the convolution pads with, and attention
+    /// hides the padded steps).
+    #[test]
+    fn padding_does_not_change_an_utterance() {
+        for norm in [NormPlacement::Pre, NormPlacement::Post, NormPlacement::None] {
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let m = AsrTransformer::new(tiny(norm, true), DType::F64, &mut rng).unwrap();
+            m.eval();
+            let short = Tensor::randn(&[1, 5, 3], 0.0, 1.0, DType::F64, &mut rng);
+            let long = Tensor::randn(&[1, 9, 3], 0.0, 1.0, DType::F64, &mut rng);
+            let padded = Tensor::cat(&[&short, &Tensor::zeros(&[1, 4, 3], DType::F64)], 1).unwrap();
+            let batch = Tensor::cat(&[&padded, &long], 0).unwrap();
+            let alone = m.forward(&short, &[5], &mut rng).unwrap().to_vec_f64().unwrap();
+            let both = m.forward(&batch, &[5, 9], &mut rng).unwrap().to_vec_f64().unwrap();
+            // [t', batch, classes]: utterance 0's 3 steps are rows (s, 0).
+            for s in 0..3 {
+                for c in 0..4 {
+                    let (a, b) = (alone[s * 4 + c], both[(s * 2) * 4 + c]);
+                    assert!((a - b).abs() < 1e-12, "{norm:?} step {s}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gradcheck_of_the_forward_through_the_features() {
+        for (norm, sigma) in [(NormPlacement::Pre, false), (NormPlacement::None, true)] {
+            let mut rng = ChaCha8Rng::seed_from_u64(2);
+            let m = AsrTransformer::new(tiny(norm, sigma), DType::F64, &mut rng).unwrap();
+            m.eval();
+            let x = Tensor::randn(&[2, 5, 3], 0.0, 1.0, DType::F64, &mut rng)
+                .requires_grad_(true)
+                .unwrap();
+            let report = gradcheck(
+                |x| Ok(m.forward(&x[0], &[5, 3], &mut ChaCha8Rng::seed_from_u64(0)).unwrap()),
+                &[x],
+            )
+            .unwrap();
+            assert_eq!(report.checked, 30);
+        }
+    }
+
+    #[test]
+    fn greedy_decoding_merges_repeats_and_drops_blanks() {
+        // Best classes per step: 1 1 0 1 2 2 0 0 3.
+        let best = [1, 1, 0, 1, 2, 2, 0, 0, 3];
+        let rows: Vec<f32> = best
+            .iter()
+            .flat_map(|&b| (0..4).map(move |c| if c == b { -0.1 } else { -3.0 }))
+            .collect();
+        assert_eq!(greedy_decode(&rows, 4), [1, 1, 2, 3]);
+        assert!(greedy_decode(&[], 4).is_empty());
     }
 }
