@@ -6,7 +6,8 @@
 //! - Kernels: multithreaded through rayon (set `RAYON_NUM_THREADS` to choose the thread
 //!   count); matrix products through the `gemm` crate.
 //! - Fused ops: [`Tensor::linear_act`] (an [`Activation`] applied inside the product kernel),
-//!   [`Tensor::scaled_dot_product_attention`], [`Tensor::layer_norm`], [`Tensor::cross_entropy`].
+//!   [`Tensor::scaled_dot_product_attention`], [`Tensor::layer_norm`], [`Tensor::cross_entropy`],
+//!   [`Tensor::ctc_loss`].
 //! - σReparam: [`sigma_reparam_linear`], the fused spectrally reparametrized linear map, with
 //!   its persistent [`PowerIterState`].
 //! - [`gradcheck()`]: finite-difference verification of any differentiable function.

@@ -2,6 +2,7 @@
 mod attention;
 mod binary;
 mod concat;
+mod ctc;
 mod dropout;
 mod index;
 mod linear;
