@@ -16,10 +16,12 @@
 //! - `conv1d/speech_frontend`: f32 `conv1d` forward and backward at the speech model's
 //!   front-end shape (input `[16, 80, 600]`, weight `[288, 80, 7]` with a bias, stride 3):
 //!   the weight and bias gradients, as for log-mel features that need none.
+//! - `ctc/T150_N32_C30_L40`: f32 `ctc_loss` (mean) forward and backward on log-probabilities
+//!   `[150, 32, 30]` with 40 labels per sequence, the full input length.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use engine::{Conv1dOptions, DType, Tensor};
-use rand::SeedableRng;
+use engine::{Conv1dOptions, DType, Reduction, Tensor};
+use rand::{Rng, SeedableRng};
 
 fn sgemm(c: &mut Criterion) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -111,5 +113,35 @@ fn conv1d(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sgemm, elementwise, tiny, conv1d);
+fn ctc(c: &mut Criterion) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let (frames, n, classes, len) = (150, 32, 30, 40);
+    let lp = Tensor::randn(&[frames, n, classes], 0.0, 1.0, DType::F32, &mut rng)
+        .log_softmax(2)
+        .unwrap()
+        .requires_grad_(true)
+        .unwrap();
+    let targets: Vec<usize> = (0..n * len).map(|_| rng.gen_range(1..classes)).collect();
+    let (input_lengths, target_lengths) = (vec![frames; n], vec![len; n]);
+    let mut g = c.benchmark_group("ctc");
+    g.bench_function("T150_N32_C30_L40", |bch| {
+        bch.iter(|| {
+            lp.ctc_loss(
+                &targets,
+                &input_lengths,
+                &target_lengths,
+                0,
+                Reduction::Mean,
+                false,
+            )
+            .unwrap()
+            .backward()
+            .unwrap();
+            lp.zero_grad();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, sgemm, elementwise, tiny, conv1d, ctc);
 criterion_main!(benches);

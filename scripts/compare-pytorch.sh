@@ -28,6 +28,7 @@
 # Needs python3 (with venv or pip) and cargo. The first run installs PyPI's `torch` wheel
 # (it brings CUDA libraries, several GB) into --venv (default .venv-compare). Every run's
 # JSON line and the table go to --out (default runs/compare-pytorch-<task>-<UTC time>/).
+# The environment is set up by scripts/torch-venv.sh, which scripts/compare-ctc.sh shares.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -69,23 +70,8 @@ results="$out/runs.jsonl"
 : > "$results"
 
 # --- PyTorch in a local virtual environment -----------------------------------------------
-py="$venv/bin/python"
-if ! { [ -x "$py" ] && "$py" -c 'import torch' 2>/dev/null; }; then
-    echo "== installing CPU PyTorch from PyPI into $venv (large download) =="
-    if [ ! -x "$py" ]; then
-        # Debian's python3 lacks ensurepip unless python3-venv is installed: then create the
-        # environment without pip and install into it with the system pip.
-        if ! python3 -m venv "$venv" 2>/dev/null; then
-            rm -rf "$venv"
-            python3 -m venv --without-pip "$venv"
-        fi
-    fi
-    if "$py" -m pip --version >/dev/null 2>&1; then
-        "$py" -m pip install torch
-    else
-        python3 -m pip --python "$py" install torch
-    fi
-fi
+. scripts/torch-venv.sh
+torch_venv "$venv"
 
 # --- this engine, release build -----------------------------------------------------------
 echo "== building the Rust example $example (release) =="

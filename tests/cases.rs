@@ -1,8 +1,10 @@
 //! One test per regression case (small inputs cut down from public bug reports of other
 //! tensor libraries, cited in each test, with values computed in f64), named after the case
-//! id. Tolerances: f64 atol 1e-9, rtol 1e-7; f32 atol 1e-5, rtol 1e-4.
+//! id: the autograd cases `bcNN` and the CTC cases `ctcNN` of `cases/ctc.md` (values from
+//! PyTorch's `F.ctc_loss` in float64, gradients with respect to the logits through
+//! `log_softmax`). Tolerances: f64 atol 1e-9, rtol 1e-7; f32 atol 1e-5, rtol 1e-4.
 
-use engine::{DType, Tensor};
+use engine::{DType, Reduction, Tensor};
 
 const F64_TOL: (f64, f64) = (1e-9, 1e-7);
 const F32_TOL: (f64, f64) = (1e-5, 1e-4);
@@ -347,6 +349,181 @@ fn bc21_softmax_grad_not_severed() {
         l4.backward().unwrap();
         assert_values("dL/dx (log_softmax)", &grad(&x4), &[3], &g_want);
     }
+}
+
+/// `ctc_loss(log_softmax(logits))` with blank 0, for logits `[T, N, C]` (a leaf).
+fn ctc_of_logits(
+    logits: &Tensor,
+    targets: &[usize],
+    input_lengths: &[usize],
+    target_lengths: &[usize],
+    reduction: Reduction,
+    zero_infinity: bool,
+) -> Tensor {
+    logits
+        .log_softmax(2)
+        .unwrap()
+        .ctc_loss(
+            targets,
+            input_lengths,
+            target_lengths,
+            0,
+            reduction,
+            zero_infinity,
+        )
+        .unwrap()
+}
+
+/// cases/ctc.md CTC-01: uniform logits, where the loss and gradient are hand-computable.
+#[test]
+fn ctc01_uniform_logits() {
+    for dtype in [DType::F64, DType::F32] {
+        let x = leaf(&[0.0; 6], &[2, 1, 3], dtype);
+        let l = ctc_of_logits(&x, &[1], &[2], &[1], Reduction::Mean, false);
+        // Three alignments (1 1), (0 1), (1 0) of probability 1/9 each.
+        assert_values("loss", &l, &[], &[1.0986122886681098]);
+        l.backward().unwrap();
+        let third = 1.0 / 3.0;
+        let row = [0.0, -third, third];
+        assert_values("dlogits", &grad(&x), &[2, 1, 3], &[row, row].concat());
+    }
+}
+
+/// cases/ctc.md CTC-02: a repeated label needs a blank between its copies; without the
+/// frames for it the loss is +inf (never NaN), or 0 with exactly zero gradient under
+/// `zero_infinity`.
+#[test]
+fn ctc02_impossible_alignment() {
+    let x = leaf(&[0.0; 6], &[2, 1, 3], DType::F64);
+    let l = ctc_of_logits(&x, &[1, 1], &[2], &[2], Reduction::Mean, false);
+    assert_eq!(l.item().unwrap(), f64::INFINITY);
+    // The gradient of an infinite loss is 0 here (PyTorch: NaN), never NaN.
+    l.backward().unwrap();
+    assert_values("dlogits", &grad(&x), &[2, 1, 3], &[0.0; 6]);
+
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        let x = leaf(&[0.0; 6], &[2, 1, 3], DType::F64);
+        let l = ctc_of_logits(&x, &[1, 1], &[2], &[2], reduction, true);
+        assert_eq!(l.to_vec_f64().unwrap(), [0.0]);
+        l.sum_all().unwrap().backward().unwrap();
+        let g = grad(&x).to_vec_f64().unwrap();
+        assert!(g.iter().all(|&v| v == 0.0), "{g:?}");
+    }
+
+    // The minimum input length is L + (adjacent equal pairs), not 2L + 1: [1, 1] fits in 3
+    // frames (1, blank, 1), [1, 2] in 2.
+    let finite = |frames: usize, targets: &[usize]| {
+        let x = leaf(&vec![0.0; frames * 3], &[frames, 1, 3], DType::F64);
+        let l = ctc_of_logits(&x, targets, &[frames], &[2], Reduction::Sum, false);
+        l.item().unwrap().is_finite()
+    };
+    assert!(finite(3, &[1, 1]));
+    assert!(finite(2, &[1, 2]));
+    assert!(!finite(2, &[1, 1]));
+}
+
+/// cases/ctc.md CTC-03: an empty target; the loss is −Σₜ log pₜ(blank).
+#[test]
+fn ctc03_empty_target() {
+    let logits = [
+        1.541, -0.2934, -2.1788, 0.5684, -1.0845, -1.3986, 0.4033, 0.838, -0.7193, -0.4033,
+        -0.5966, 0.182,
+    ];
+    let x = leaf(&logits, &[3, 1, 4], DType::F64);
+    let l = ctc_of_logits(&x, &[], &[3], &[0], Reduction::Mean, false);
+    assert_values("loss", &l, &[], &[4.796530397229866]);
+    l.backward().unwrap();
+    #[rustfmt::skip]
+    let want = [
+        -0.3598143220310239, 0.10224360560561965, 0.015517342293304653, 0.24205337413209957,
+        -0.9230521980754691, 0.056206212578613954, 0.3406744383151673, 0.5261715471816879,
+        -0.8323547920713472, 0.2299472394056591, 0.18953048621742583, 0.41287706644826233,
+    ];
+    assert_values("dlogits", &grad(&x), &[3, 1, 4], &want);
+}
+
+/// cases/ctc.md CTC-04: target [1, 1] in 3 frames has the single alignment (1, blank, 1);
+/// allowing the skip between the equal labels would give another value.
+#[test]
+fn ctc04_repeated_label_no_skip() {
+    let logits = [0.1, 0.5, -0.2, 0.3, -0.1, 0.2, -0.4, 0.6, 0.0];
+    let x = leaf(&logits, &[3, 1, 3], DType::F64);
+    let l = ctc_of_logits(&x, &[1, 1], &[3], &[2], Reduction::Sum, false);
+    assert_values("loss", &l, &[], &[2.3698110289912457]);
+    l.backward().unwrap();
+    #[rustfmt::skip]
+    let want = [
+        0.30934440495480836, -0.5385123766112743, 0.22916797165646594,
+        -0.6116742319831219, 0.2603025466938988, 0.3513716852892231,
+        0.1919346552686485, -0.4782675143316815, 0.286332859063033,
+    ];
+    assert_values("dlogits", &grad(&x), &[3, 1, 3], &want);
+}
+
+/// cases/ctc.md CTC-05: a batch of two with different input and target lengths, under the
+/// three reductions (`mean` divides each loss by its target length, then averages).
+#[test]
+fn ctc05_batch_reductions() {
+    #[rustfmt::skip]
+    let logits = [
+        -0.3113, -0.713, -0.7291, -0.2992, -0.2529, -0.3602, 0.9394, 1.1614, -0.1706, 0.0149,
+        -0.0476, 0.548, -1.2491, 0.3195, 0.5945, 1.0562, 0.8035, 0.374, 0.5739, 1.5697,
+        0.8734, -3.7047, -1.8142, -1.8426, -1.1828, 0.5462, 1.0523, -0.1564, -2.101, 1.5797,
+        1.0834, 0.8897, 0.6443, 0.0958, -1.5084, -0.5842, -2.068, -0.1941, 0.3637, -0.3648,
+        1.5558, 2.2597, 2.0956, 0.2142, -1.2954, -0.2714, 0.2642, -0.7057, 0.0645, -1.1714,
+        -1.0243, -0.712, -0.2477, 2.9258, 0.4607, -0.2205, 0.8501, -0.2802, 0.3896, -0.9226,
+    ];
+    let shape = [6, 2, 5];
+    let loss = |x: &Tensor, reduction| {
+        ctc_of_logits(x, &[1, 2, 2, 3, 4], &[6, 4], &[3, 2], reduction, false)
+    };
+    let x = leaf(&logits, &shape, DType::F64);
+    let none = [8.085163042677825, 4.1326725948372705];
+    assert_values("none", &loss(&x, Reduction::None), &[2], &none);
+    assert_values("sum", &loss(&x, Reduction::Sum), &[], &[12.217835637515096]);
+    let mean = loss(&x, Reduction::Mean);
+    assert_values("mean", &mean, &[], &[2.380695322488955]);
+
+    mean.backward().unwrap();
+    let g = grad(&x).to_vec_f64().unwrap();
+    // Sequence 1, frames 0–3, to the case's 6 decimals; frames 4 and 5 are past its input
+    // length and get exactly 0.
+    #[rustfmt::skip]
+    let want: [[f64; 5]; 4] = [
+        [-0.013936, 0.076982, 0.096118, -0.189705, 0.030541],
+        [-0.012296, 0.042483, 0.027649, -0.041958, -0.015878],
+        [0.003476, 0.068707, 0.020515, 0.00142, -0.094117],
+        [-0.070154, 0.008683, 0.056556, 0.098793, -0.093877],
+    ];
+    let row = |t: usize, n: usize| &g[(t * 2 + n) * 5..][..5];
+    for (t, w) in want.iter().enumerate() {
+        for (k, (a, b)) in row(t, 1).iter().zip(w).enumerate() {
+            assert!(
+                (a - b).abs() <= 5e-7 + F64_TOL.0,
+                "frame {t}, class {k}: {a} vs {b}"
+            );
+        }
+    }
+    assert_eq!(row(4, 1), [0.0; 5]);
+    assert_eq!(row(5, 1), [0.0; 5]);
+    // Softmax minus occupancy: every frame's gradient sums to 0.
+    for t in 0..6 {
+        for n in 0..2 {
+            let s: f64 = row(t, n).iter().sum();
+            assert!(s.abs() <= 1e-12, "frame {t}, sequence {n}: Σ = {s}");
+        }
+    }
+}
+
+/// cases/ctc.md CTC-06: zero input frames give +inf for a nonempty target and 0 for an
+/// empty one.
+#[test]
+fn ctc06_zero_length_input() {
+    let x = leaf(&[0.3, -0.2, 0.5, 0.1, 0.0, -0.4], &[1, 2, 3], DType::F64);
+    let l = ctc_of_logits(&x, &[2], &[0, 0], &[1, 0], Reduction::None, false);
+    assert_eq!(l.to_vec_f64().unwrap(), [f64::INFINITY, 0.0]);
+    l.sum_all().unwrap().backward().unwrap();
+    assert_values("dlogits", &grad(&x), &[1, 2, 3], &[0.0; 6]);
 }
 
 /// Shapes whose element count overflows `usize` are refused, never wrapped around (a wrapped

@@ -1,5 +1,5 @@
 //! Finite-difference gradient checks (f64, PyTorch's tolerances) of the indexing, selection,
-//! dropout, cross-entropy and layer-norm ops, and the regression cases BC-07, BC-09 and
+//! dropout, cross-entropy, CTC and layer-norm ops, and the regression cases BC-07, BC-09 and
 //! BC-10 (from public bug reports) with their exact values.
 // `&[x.clone()]` reads better than `std::slice::from_ref(&x)` in a list of gradcheck inputs.
 #![allow(clippy::cloned_ref_to_slice_refs)]
@@ -471,6 +471,85 @@ fn cross_entropy_errors() {
             .is_err(),
         "not 2-D"
     );
+}
+
+// ----- ctc_loss -------------------------------------------------------------------------------
+
+/// A CTC batch: `[T, N, C]` shape, blank, concatenated targets, input and target lengths.
+struct CtcBatch {
+    shape: [usize; 3],
+    blank: usize,
+    targets: Vec<usize>,
+    input_lengths: Vec<usize>,
+    target_lengths: Vec<usize>,
+}
+
+impl CtcBatch {
+    fn loss(&self, lp: &Tensor, reduction: Reduction) -> Result<Tensor> {
+        lp.ctc_loss(
+            &self.targets,
+            &self.input_lengths,
+            &self.target_lengths,
+            self.blank,
+            reduction,
+            true,
+        )
+    }
+}
+
+/// Repeated labels, empty targets, input lengths shorter than `T` (including one too short
+/// for its target: its loss is zeroed), a blank other than 0.
+fn ctc_batches() -> Vec<CtcBatch> {
+    vec![
+        CtcBatch {
+            shape: [4, 1, 3],
+            blank: 0,
+            targets: vec![1, 1],
+            input_lengths: vec![4],
+            target_lengths: vec![2],
+        },
+        CtcBatch {
+            shape: [6, 4, 5],
+            blank: 0,
+            targets: vec![1, 2, 2, 4, 4, 3, 3, 3, 1],
+            input_lengths: vec![6, 5, 3, 2],
+            target_lengths: vec![3, 2, 0, 4],
+        },
+        CtcBatch {
+            shape: [5, 2, 4],
+            blank: 3,
+            targets: vec![0, 1, 0, 2, 2],
+            input_lengths: vec![5, 4],
+            target_lengths: vec![3, 2],
+        },
+    ]
+}
+
+#[test]
+fn gradcheck_ctc_loss_on_log_probs() {
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    for b in ctc_batches() {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            let lp = randn(&b.shape, &mut rng).log_softmax(2).unwrap();
+            check(|x| b.loss(&x[0], reduction), &[lp]);
+            // Strided: [N, T, C] storage seen as [T, N, C].
+            let [t, n, c] = b.shape;
+            let lp = randn(&[n, t, c], &mut rng).log_softmax(2).unwrap();
+            check(|x| b.loss(&x[0].transpose(0, 1)?, reduction), &[lp]);
+        }
+    }
+}
+
+/// The gradient with respect to logits through `log_softmax`, as training uses it.
+#[test]
+fn gradcheck_ctc_loss_through_log_softmax() {
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    for b in ctc_batches() {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            let logits = randn(&b.shape, &mut rng).mul_scalar(2.0).unwrap();
+            check(|x| b.loss(&x[0].log_softmax(2)?, reduction), &[logits]);
+        }
+    }
 }
 
 // ----- layer_norm -----------------------------------------------------------------------------

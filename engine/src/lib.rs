@@ -7,7 +7,8 @@
 //!   count); matrix products through the `gemm` crate.
 //! - Fused ops: [`Tensor::linear_act`] (an [`Activation`] applied inside the product kernel),
 //!   [`Tensor::scaled_dot_product_attention`], [`Tensor::layer_norm`], [`Tensor::cross_entropy`],
-//!   [`Tensor::glu`]; [`Tensor::conv1d`] runs its multiply-adds in the product kernels.
+//!   [`Tensor::glu`], [`Tensor::ctc_loss`]; [`Tensor::conv1d`] runs its multiply-adds in the
+//!   product kernels.
 //! - σReparam: [`sigma_reparam_linear`], the fused spectrally reparametrized linear map, with
 //!   its persistent [`PowerIterState`].
 //! - [`gradcheck()`]: finite-difference verification of any differentiable function.

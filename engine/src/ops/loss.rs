@@ -5,11 +5,13 @@ use crate::cpu::{dense, fill_rows, map_rows};
 use crate::dtype::with_dtype;
 use crate::{Error, Float, Result, Tensor};
 
-/// How [`Tensor::cross_entropy`] combines the per-row losses.
+/// How [`Tensor::cross_entropy`] and [`Tensor::ctc_loss`] combine the per-row (per-sequence)
+/// losses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reduction {
-    /// Sum over the rows whose target is not ignored, divided by their number (PyTorch's
-    /// `mean`; NaN when every row is ignored).
+    /// PyTorch's `mean`. `cross_entropy`: sum over the rows whose target is not ignored,
+    /// divided by their number (NaN when every row is ignored). `ctc_loss`: each sequence's
+    /// loss divided by its target length (at least 1), averaged over the batch.
     Mean,
     /// Sum over rows; a 0-dimensional tensor.
     Sum,
@@ -24,7 +26,7 @@ pub const IGNORE_INDEX: usize = usize::MAX;
 /// The row maximum `m` (0 when not finite) and `ln Σ_j e^{x_j − m}`. They are kept apart so
 /// that `log p_t = (x_t − m) − ln Σ` never subtracts two huge numbers: forming
 /// `m + ln Σ` first would round the `ln 2` of `[1e8, 1e8]` away in f32 (BC-07).
-fn shifted_log_sum_exp<T: Float>(row: &[T]) -> (T, T) {
+pub(crate) fn shifted_log_sum_exp<T: Float>(row: &[T]) -> (T, T) {
     let m = row
         .iter()
         .fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });

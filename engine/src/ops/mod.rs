@@ -3,6 +3,7 @@ mod attention;
 mod binary;
 mod concat;
 mod conv;
+mod ctc;
 mod dropout;
 mod index;
 mod linear;
