@@ -297,7 +297,7 @@ mod tests {
         let names: Vec<String> = m.named_parameters().into_iter().map(|p| p.0).collect();
         assert_eq!(names[..2], ["conv.weight", "conv.bias"]);
         assert_eq!(names.last().unwrap(), "head.bias");
-        assert_eq!(m.linears().len(), 9);
+        assert_eq!(m.linears().len(), 13);
         for (shape, lens) in [(&[2, 5, 2][..], &[5, 2][..]), (&[2, 5, 3], &[5]), (&[2, 5, 3], &[6, 1]), (&[2, 5, 3], &[0, 5])] {
             let x = Tensor::zeros(shape, DType::F64);
             let err = m.forward(&x, lens, &mut rng).unwrap_err().to_string();
