@@ -256,7 +256,7 @@ pub struct AsrArgs {
     #[arg(long, default_value_t = 4)]
     pub mlp_ratio: usize,
     /// Dropout probability (attention and residual branches).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
     /// SpecAugment masks on training features (`--spec-augment false` to turn off).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -397,16 +397,16 @@ impl Task for Asr {
     const LOSS_UNIT: &'static str = "CTC nats per character";
     const ITEM: &'static str = "utt";
 
-    /// Baselines (`pre-ln`, `post-ln`) and σReparam with LayerNorm: AdamW lr 1e-3, weight
-    /// decay 0.01, 300 warmup steps, cosine decay to 0. σReparam without LayerNorm: SGD
-    /// with momentum 0.9, lr 0.1, no warmup, no weight decay. 3000 steps of 32 utterances.
+    /// Baselines (`pre-ln`, `post-ln`) and σReparam with LayerNorm: AdamW lr 3e-3, weight
+    /// decay 0.01, 150 warmup steps, cosine decay to 0. σReparam without LayerNorm: SGD
+    /// with momentum 0.9, lr 0.1, no warmup, no weight decay. 2400 steps of 32 utterances.
     fn defaults(variant: Variant) -> TrainConfig {
         let base = TrainConfig {
-            lr: 1e-3,
+            lr: 3e-3,
             weight_decay: 0.01,
-            warmup: 300,
+            warmup: 150,
             min_lr_ratio: 0.0,
-            steps: 3000,
+            steps: 2400,
             eval_every: 250,
             checkpoint_every: 250,
             log_every: 20,
