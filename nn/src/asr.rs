@@ -87,19 +87,22 @@ impl AsrTransformer {
     /// [`Trunk::new`].
     pub fn new(config: AsrConfig, dtype: DType, rng: &mut impl rand::Rng) -> Result<Self> {
         let c = &config;
-        if [c.n_features, c.d_model, c.conv_kernel, c.conv_stride].contains(&0) || c.n_classes < 2
-        {
+        if [c.n_features, c.d_model, c.conv_kernel, c.conv_stride].contains(&0) || c.n_classes < 2 {
             return Err(Error::Config(format!(
                 "AsrTransformer: sizes must be positive and n_classes ≥ 2 (the blank and one \
                  label); got {config:?}"
             )));
         }
+        let opts = engine::Conv1dOptions {
+            stride: c.conv_stride,
+            padding: c.conv_kernel / 2,
+            dilation: 1,
+        };
         let conv = Conv1d::new(
             c.n_features,
             2 * c.d_model,
             c.conv_kernel,
-            c.conv_stride,
-            c.conv_kernel / 2,
+            opts,
             true,
             dtype,
             rng,
@@ -195,7 +198,12 @@ impl AsrTransformer {
     /// target length, then averaged; impossible alignments count 0) of `log_probs` from
     /// [`AsrTransformer::forward`] of utterances of `frames` frames against their
     /// `targets`, label ids in `1..n_classes`.
-    pub fn loss(&self, log_probs: &Tensor, frames: &[usize], targets: &[Vec<usize>]) -> Result<Tensor> {
+    pub fn loss(
+        &self,
+        log_probs: &Tensor,
+        frames: &[usize],
+        targets: &[Vec<usize>],
+    ) -> Result<Tensor> {
         let steps: Vec<usize> = frames.iter().map(|&n| self.output_len(n)).collect();
         let lengths: Vec<usize> = targets.iter().map(Vec::len).collect();
         let flat: Vec<usize> = targets.concat();
@@ -230,7 +238,10 @@ pub fn greedy_decode(log_probs: &[f32], n_classes: usize) -> Vec<usize> {
         let best = row
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |a, (i, &v)| if v > a.1 { (i, v) } else { a },
+            )
             .0;
         if best != 0 && best != prev {
             out.push(best);
@@ -298,7 +309,12 @@ mod tests {
         assert_eq!(names[..2], ["conv.weight", "conv.bias"]);
         assert_eq!(names.last().unwrap(), "head.bias");
         assert_eq!(m.linears().len(), 13);
-        for (shape, lens) in [(&[2, 5, 2][..], &[5, 2][..]), (&[2, 5, 3], &[5]), (&[2, 5, 3], &[6, 1]), (&[2, 5, 3], &[0, 5])] {
+        for (shape, lens) in [
+            (&[2, 5, 2][..], &[5, 2][..]),
+            (&[2, 5, 3], &[5]),
+            (&[2, 5, 3], &[6, 1]),
+            (&[2, 5, 3], &[0, 5]),
+        ] {
             let x = Tensor::zeros(shape, DType::F64);
             let err = m.forward(&x, lens, &mut rng).unwrap_err().to_string();
             assert!(err.contains("AsrTransformer"), "{shape:?} {lens:?}: {err}");
@@ -318,8 +334,16 @@ mod tests {
             let long = Tensor::randn(&[1, 9, 3], 0.0, 1.0, DType::F64, &mut rng);
             let padded = Tensor::cat(&[&short, &Tensor::zeros(&[1, 4, 3], DType::F64)], 1).unwrap();
             let batch = Tensor::cat(&[&padded, &long], 0).unwrap();
-            let alone = m.forward(&short, &[5], &mut rng).unwrap().to_vec_f64().unwrap();
-            let both = m.forward(&batch, &[5, 9], &mut rng).unwrap().to_vec_f64().unwrap();
+            let alone = m
+                .forward(&short, &[5], &mut rng)
+                .unwrap()
+                .to_vec_f64()
+                .unwrap();
+            let both = m
+                .forward(&batch, &[5, 9], &mut rng)
+                .unwrap()
+                .to_vec_f64()
+                .unwrap();
             // [t', batch, classes]: utterance 0's 3 steps are rows (s, 0).
             for s in 0..3 {
                 for c in 0..4 {
@@ -340,7 +364,10 @@ mod tests {
                 .requires_grad_(true)
                 .unwrap();
             let report = gradcheck(
-                |x| Ok(m.forward(&x[0], &[5, 3], &mut ChaCha8Rng::seed_from_u64(0)).unwrap()),
+                |x| {
+                    Ok(m.forward(&x[0], &[5, 3], &mut ChaCha8Rng::seed_from_u64(0))
+                        .unwrap())
+                },
                 &[x],
             )
             .unwrap();

@@ -29,7 +29,8 @@ pub const DEFAULT_DATA: &str = "data/speech";
 const SPEECH: Fetchable = Fetchable {
     default: DEFAULT_DATA,
     script: "fetch-speech.sh",
-    instead: "a directory holding manifest.tsv (columns path, split, group, text) and its WAV files",
+    instead:
+        "a directory holding manifest.tsv (columns path, split, group, text) and its WAV files",
 };
 
 /// The name of the transcript list inside a data directory.
@@ -80,7 +81,12 @@ pub fn encode(text: &str) -> Vec<usize> {
 /// The text of label ids (the blank and unknown ids are skipped).
 pub fn decode(ids: &[usize]) -> String {
     ids.iter()
-        .filter_map(|&i| ALPHABET.as_bytes().get(i.wrapping_sub(1)).map(|&b| b as char))
+        .filter_map(|&i| {
+            ALPHABET
+                .as_bytes()
+                .get(i.wrapping_sub(1))
+                .map(|&b| b as char)
+        })
         .collect()
 }
 
@@ -102,7 +108,8 @@ pub struct ErrorRates {
 impl ErrorRates {
     /// Add one hypothesis against its reference.
     pub fn add(&mut self, hypothesis: &str, reference: &str) {
-        let (h, r): (Vec<char>, Vec<char>) = (hypothesis.chars().collect(), reference.chars().collect());
+        let (h, r): (Vec<char>, Vec<char>) =
+            (hypothesis.chars().collect(), reference.chars().collect());
         self.char_edits += strsim::generic_levenshtein(&h, &r);
         self.chars += r.len();
         let (h, r): (Vec<&str>, Vec<&str>) = (
@@ -137,7 +144,7 @@ pub struct Entry {
     pub text: String,
 }
 
-/// The rows of `dir/manifest.tsv`: a header `path	split	group	text`, then one
+/// The rows of `dir/manifest.tsv`: a header of the tab-separated `path`, `split`, `group`, `text`, then one
 /// tab-separated row per utterance, `split` being `train` or `test`. Errors name the file
 /// and line: missing file, wrong header, a row without four fields, an unknown split, a
 /// transcript with no letters, no training row.
@@ -147,22 +154,30 @@ pub fn read_manifest(dir: &Path) -> Result<Vec<Entry>> {
         path: path.clone(),
         source,
     })?;
-    let bad = |line: usize, what: String| {
-        Error::Data(format!("{} line {line}: {what}", path.display()))
-    };
+    let bad =
+        |line: usize, what: String| Error::Data(format!("{} line {line}: {what}", path.display()));
     let mut lines = text.lines();
     let header = lines.next().unwrap_or_default();
     if header.split('\t').collect::<Vec<_>>() != ["path", "split", "group", "text"] {
-        return Err(bad(1, format!("the header must be `path<TAB>split<TAB>group<TAB>text`, got `{header}`")));
+        return Err(bad(
+            1,
+            format!("the header must be `path<TAB>split<TAB>group<TAB>text`, got `{header}`"),
+        ));
     }
     let mut out = Vec::new();
     for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split('\t').collect();
         let [path, split, group, raw] = fields[..] else {
-            return Err(bad(i + 2, format!("expected 4 tab-separated fields, got {}", fields.len())));
+            return Err(bad(
+                i + 2,
+                format!("expected 4 tab-separated fields, got {}", fields.len()),
+            ));
         };
         if split != "train" && split != "test" {
-            return Err(bad(i + 2, format!("split must be `train` or `test`, got `{split}`")));
+            return Err(bad(
+                i + 2,
+                format!("split must be `train` or `test`, got `{split}`"),
+            ));
         }
         let text = normalize_text(raw);
         if text.is_empty() {
@@ -176,7 +191,10 @@ pub fn read_manifest(dir: &Path) -> Result<Vec<Entry>> {
         });
     }
     if !out.iter().any(|e| e.split == "train") {
-        return Err(Error::Data(format!("{} has no `train` row", path.display())));
+        return Err(Error::Data(format!(
+            "{} has no `train` row",
+            path.display()
+        )));
     }
     Ok(out)
 }
@@ -220,7 +238,11 @@ fn batch_of(
         }
     }
     let labels = utts.iter().map(|u| u.labels.clone()).collect();
-    Ok((Tensor::from_vec(x, &[utts.len(), t, N_MELS])?, frames, labels))
+    Ok((
+        Tensor::from_vec(x, &[utts.len(), t, N_MELS])?,
+        frames,
+        labels,
+    ))
 }
 
 fn parse_share(s: &str) -> std::result::Result<(String, f64), String> {
@@ -266,7 +288,7 @@ pub struct AsrArgs {
     /// what the model hears). A group absent from the data is ignored.
     #[arg(long, default_value = "real=0.25", value_parser = parse_share)]
     pub focus: (String, f64),
-    /// Directory with manifest.tsv (header `path	split	group	text`) and the WAV files it
+    /// Directory with manifest.tsv (header: the tab-separated `path`, `split`, `group`, `text`) and the WAV files it
     /// lists. The default is built automatically with scripts/fetch-speech.sh when missing.
     #[arg(long, default_value = DEFAULT_DATA)]
     pub data: PathBuf,
@@ -449,7 +471,8 @@ impl Task for Asr {
         SPEECH.ensure(&cfg.data, setup.fetch, setup.verbose)?;
         let entries = read_manifest(&cfg.data)?;
         let t0 = std::time::Instant::now();
-        let of = |split: &str| -> Vec<&Entry> { entries.iter().filter(|e| e.split == split).collect() };
+        let of =
+            |split: &str| -> Vec<&Entry> { entries.iter().filter(|e| e.split == split).collect() };
         let mut train = load_utterances(&cfg.data, &of("train"))?;
         let test = load_utterances(&cfg.data, &of("test"))?;
         let max_frames = (cfg.max_seconds * 100.0) as usize;
@@ -539,7 +562,11 @@ impl Task for Asr {
         _state: &Value,
         init: &mut ChaCha8Rng,
     ) -> Result<AsrTransformer> {
-        Ok(AsrTransformer::new(cfg.model_config(train), DType::F32, init)?)
+        Ok(AsrTransformer::new(
+            cfg.model_config(train),
+            DType::F32,
+            init,
+        )?)
     }
 
     fn model(&self) -> &AsrTransformer {
@@ -668,7 +695,10 @@ mod tests {
 
     #[test]
     fn transcripts_normalize_encode_and_decode() {
-        assert_eq!(normalize_text("  Hello,  World!  It’s 4-ever_ok. "), "hello world it's ever ok");
+        assert_eq!(
+            normalize_text("  Hello,  World!  It’s 4-ever_ok. "),
+            "hello world it's ever ok"
+        );
         assert_eq!(normalize_text("123 !?"), "");
         let ids = encode("it's a b");
         assert_eq!(ids, [11, 22, 2, 21, 1, 3, 1, 4]);
@@ -695,21 +725,38 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("asr-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let write = |s: &str| std::fs::write(dir.join(MANIFEST), s).unwrap();
-        write("path\tsplit\tgroup\ttext\na.wav\ttrain\treal\tHello there.\nb.wav\ttest\tsyn\tYes\n");
+        write(
+            "path\tsplit\tgroup\ttext\na.wav\ttrain\treal\tHello there.\nb.wav\ttest\tsyn\tYes\n",
+        );
         let m = read_manifest(&dir).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].text, "hello there");
         assert_eq!((m[1].split.as_str(), m[1].group.as_str()), ("test", "syn"));
         for (bad, want) in [
             ("path\ttext\n", "line 1"),
-            ("path\tsplit\tgroup\ttext\na.wav\ttrain\treal\n", "line 2: expected 4"),
-            ("path\tsplit\tgroup\ttext\na.wav\tdev\treal\thi\n", "line 2: split"),
-            ("path\tsplit\tgroup\ttext\na.wav\ttrain\treal\t42\n", "no letters"),
-            ("path\tsplit\tgroup\ttext\na.wav\ttest\treal\thi\n", "no `train` row"),
+            (
+                "path\tsplit\tgroup\ttext\na.wav\ttrain\treal\n",
+                "line 2: expected 4",
+            ),
+            (
+                "path\tsplit\tgroup\ttext\na.wav\tdev\treal\thi\n",
+                "line 2: split",
+            ),
+            (
+                "path\tsplit\tgroup\ttext\na.wav\ttrain\treal\t42\n",
+                "no letters",
+            ),
+            (
+                "path\tsplit\tgroup\ttext\na.wav\ttest\treal\thi\n",
+                "no `train` row",
+            ),
         ] {
             write(bad);
             let err = read_manifest(&dir).unwrap_err().to_string();
-            assert!(err.contains(want) && err.contains(MANIFEST), "{bad:?}: {err}");
+            assert!(
+                err.contains(want) && err.contains(MANIFEST),
+                "{bad:?}: {err}"
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
         let err = read_manifest(&dir).unwrap_err().to_string();

@@ -31,7 +31,11 @@ fn tiny(variant: Variant, steps: usize) -> Cfg {
         TrainConfig {
             steps,
             warmup: 0,
-            lr: if variant == Variant::SigmaReparam { 0.1 } else { 3e-3 },
+            lr: if variant == Variant::SigmaReparam {
+                0.1
+            } else {
+                3e-3
+            },
             log_every: 5,
             eval_every: 10,
             checkpoint_every: 10,
@@ -78,8 +82,14 @@ fn short_run_lowers_the_ctc_loss_and_reports_error_rates_per_group() {
         for group in ["real", "synthetic", "synthetic_unseen"] {
             let cer = summary.metric(&format!("test_cer_{group}")).unwrap();
             let wer = summary.metric(&format!("test_wer_{group}")).unwrap();
-            assert!(cer.is_finite() && cer >= 0.0, "{variant:?} {group}: CER {cer}");
-            assert!(wer.is_finite() && wer >= 0.0, "{variant:?} {group}: WER {wer}");
+            assert!(
+                cer.is_finite() && cer >= 0.0,
+                "{variant:?} {group}: CER {cer}"
+            );
+            assert!(
+                wer.is_finite() && wer >= 0.0,
+                "{variant:?} {group}: WER {wer}"
+            );
         }
         assert!(summary.metric("val_cer").is_some());
         for f in ["loss.svg", "entropy.svg"] {
@@ -94,7 +104,13 @@ fn interrupted_and_resumed_equals_uninterrupted_bit_for_bit() {
     // σReparam (power-iteration state), dropout and SpecAugment (RNG states) must resume
     // exactly.
     let (train, asr) = tiny(Variant::SigmaReparam, 20);
-    let cfg = (train, AsrArgs { dropout: 0.1, ..asr });
+    let cfg = (
+        train,
+        AsrArgs {
+            dropout: 0.1,
+            ..asr
+        },
+    );
     let (a, b) = (tmp("whole"), tmp("split"));
     let whole = run(Some(cfg.clone()), &opts(&a)).unwrap();
     let stopped = run(
@@ -118,7 +134,10 @@ fn interrupted_and_resumed_equals_uninterrupted_bit_for_bit() {
     let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
     let (ma, mb) = (read(&a, METRICS_FILE), read(&b, METRICS_FILE));
     assert!(ma == mb, "metrics differ:\n{ma}\nvs\n{mb}");
-    assert_eq!(whole.metric("test_cer_real"), resumed.metric("test_cer_real"));
+    assert_eq!(
+        whole.metric("test_cer_real"),
+        resumed.metric("test_cer_real")
+    );
     assert!(b.join(CHECKPOINT_FILE).exists());
     std::fs::remove_dir_all(&a).unwrap();
     std::fs::remove_dir_all(&b).unwrap();

@@ -20,7 +20,7 @@ pub use config::{
     above_zero, at_least_zero, check_memory, check_transformer, positive, product, OptimizerKind,
     Schedule, TrainArgs, TrainConfig, Variant, RESUME_FLAGS,
 };
-pub use plots::write_plots;
+pub use plots::{write_comparison, write_plots};
 pub use runner::{run, Outcome, RunOptions, RunSummary};
 pub use step::{build_optimizer, optimize, StepOutcome, LARS_ETA};
 

@@ -136,3 +136,54 @@ pub fn write_plots(out: &Path, loss_unit: &str, plots_sigma_of: fn(&str) -> bool
         &sg,
     )
 }
+
+/// Side-by-side charts of several runs, each given as `(name, run directory)`, into `out`:
+/// `compare_loss.svg` (each run's training loss, solid, and validation loss, dashed, in
+/// `loss_unit`) and `compare_entropy.svg` (each run's attention entropy averaged over its
+/// layers, solid, and that of its lowest layer at each record, dashed).
+pub fn write_comparison(out: &Path, runs: &[(String, &Path)], loss_unit: &str) -> Result<()> {
+    let (mut losses, mut ent) = (Vec::new(), Vec::new());
+    for (i, (name, dir)) in runs.iter().enumerate() {
+        let recs = read_records(&dir.join(METRICS_FILE))?;
+        losses.push(series(
+            format!("{name} train"),
+            points(&recs, |r| &r["loss"]),
+            i,
+            false,
+        ));
+        let val = points(&recs, |r| &r["val_loss"]);
+        losses.push(series(format!("{name} validation"), val, i, true));
+        let layers = |r: &Value| -> Vec<f64> {
+            r["entropy_layer"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
+        };
+        let (mut mean, mut min) = (Vec::new(), Vec::new());
+        for r in &recs {
+            let (Some(step), e) = (r["step"].as_f64(), layers(r)) else {
+                continue;
+            };
+            if !e.is_empty() {
+                mean.push((step, e.iter().sum::<f64>() / e.len() as f64));
+                min.push((step, e.iter().copied().fold(f64::INFINITY, f64::min)));
+            }
+        }
+        ent.push(series(format!("{name} mean over layers"), mean, i, false));
+        ent.push(series(format!("{name} lowest layer"), min, i, true));
+    }
+    line_chart(
+        &out.join("compare_loss.svg"),
+        &format!("Loss ({loss_unit}): training (solid) and validation (dashed)"),
+        "step",
+        "loss",
+        &losses,
+    )?;
+    line_chart(
+        &out.join("compare_entropy.svg"),
+        "Attention entropy: mean over layers (solid) and lowest layer (dashed)",
+        "step",
+        "nats",
+        &ent,
+    )
+}
