@@ -6,8 +6,8 @@
 use crate::audio::{self, LogMel, SpecAugment, N_MELS};
 use crate::fetch::Fetchable;
 use crate::train::{
-    check_memory, check_transformer, positive, product, seeded, OptimizerKind, Rngs, Setup, Task,
-    TrainConfig, Variant,
+    check_memory, check_transformer, positive, product, seeded, Rngs, Setup, Task, TrainConfig,
+    Variant,
 };
 use crate::{Error, Result};
 use engine::{no_grad, DType, Tensor};
@@ -423,7 +423,7 @@ impl Task for Asr {
     /// decay 0.01, 150 warmup steps, cosine decay to 0. σReparam without LayerNorm: SGD
     /// with momentum 0.9, lr 0.1, no warmup, no weight decay. 2400 steps of 32 utterances.
     fn defaults(variant: Variant) -> TrainConfig {
-        let base = TrainConfig {
+        TrainConfig {
             lr: 3e-3,
             weight_decay: 0.01,
             warmup: 150,
@@ -433,17 +433,8 @@ impl Task for Asr {
             checkpoint_every: 250,
             log_every: 20,
             ..TrainConfig::new(variant)
-        };
-        match variant {
-            Variant::SigmaReparam => TrainConfig {
-                optimizer: OptimizerKind::Sgd,
-                lr: 0.1,
-                weight_decay: 0.0,
-                warmup: 0,
-                ..base
-            },
-            _ => base,
         }
+        .simplified_for_sigma_reparam(0.1)
     }
 
     /// Positive sizes, `--dropout` in [0, 1), `--n-heads` dividing `--d-model`,

@@ -7,8 +7,8 @@ use crate::confusion::ConfusionMatrix;
 use crate::fetch::Fetchable;
 use crate::images::{load_dir, Augment, Images, FASHION_CLASSES};
 use crate::train::{
-    check_memory, check_transformer, positive, product, seeded, OptimizerKind, Rngs, Setup, Task,
-    TrainConfig, Variant,
+    check_memory, check_transformer, positive, product, seeded, Rngs, Setup, Task, TrainConfig,
+    Variant,
 };
 use crate::{Error, Result};
 use engine::{no_grad, DType, Reduction, Tensor};
@@ -247,7 +247,7 @@ impl Task for Classification {
     /// warmup, no weight decay (the paper's simplified recipe). σReparam with LayerNorm:
     /// the baselines' AdamW recipe. 9000 steps of 128 images (21 epochs of the 55,000 training images).
     fn defaults(variant: Variant) -> TrainConfig {
-        let base = TrainConfig {
+        TrainConfig {
             lr: 1e-3,
             weight_decay: 0.05,
             warmup: 200,
@@ -257,17 +257,8 @@ impl Task for Classification {
             checkpoint_every: 500,
             log_every: 20,
             ..TrainConfig::new(variant)
-        };
-        match variant {
-            Variant::SigmaReparam => TrainConfig {
-                optimizer: OptimizerKind::Sgd,
-                lr: 0.1,
-                weight_decay: 0.0,
-                warmup: 0,
-                ..base
-            },
-            _ => base,
         }
+        .simplified_for_sigma_reparam(0.1)
     }
 
     /// Positive sizes, `--dropout` in [0, 1), `--n-heads` dividing `--d-model`,

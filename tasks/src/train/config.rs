@@ -148,6 +148,22 @@ impl TrainConfig {
         }
     }
 
+    /// For [`Variant::SigmaReparam`], this recipe turned into the paper's simplified one (no
+    /// LayerNorm, so no adaptive optimizer, warmup or weight decay): SGD with momentum at
+    /// learning rate `lr`; any other variant's recipe unchanged.
+    pub fn simplified_for_sigma_reparam(self, lr: f64) -> TrainConfig {
+        match self.variant {
+            Variant::SigmaReparam => TrainConfig {
+                optimizer: OptimizerKind::Sgd,
+                lr,
+                weight_decay: 0.0,
+                warmup: 0,
+                ..self
+            },
+            _ => self,
+        }
+    }
+
     /// The learning-rate schedule of the run.
     pub fn lr_schedule(&self) -> nn::CosineSchedule {
         let min_lr = match self.schedule {
