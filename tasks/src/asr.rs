@@ -234,7 +234,7 @@ fn batch_of(
         let dst = &mut row[..u.features.len()];
         dst.copy_from_slice(&u.features);
         if let Some((spec, rng)) = augment.as_mut() {
-            spec.apply(dst, rng);
+            spec.apply(dst, rng)?;
         }
     }
     let labels = utts.iter().map(|u| u.labels.clone()).collect();

@@ -310,16 +310,12 @@ impl LogMel {
 /// no-op. The per-utterance normalization of apple/ml-sigma-reparam's speech model (there
 /// masked over padding; here one utterance, unpadded).
 ///
-/// Panics when `features.len()` is not a multiple of 80 (a caller's bug).
-pub fn normalize(features: &mut [f32]) {
-    assert!(
-        features.len().is_multiple_of(N_MELS),
-        "normalize: {} values are not [frames, {N_MELS}]",
-        features.len()
-    );
+/// Errors with [`Error::Data`] when `features.len()` is not a multiple of 80.
+pub fn normalize(features: &mut [f32]) -> Result<()> {
+    check_frames("normalize", features)?;
     let n = (features.len() / N_MELS) as f64;
     if n == 0.0 {
-        return;
+        return Ok(());
     }
     let mut mean = [0f64; N_MELS];
     for row in features.chunks_exact(N_MELS) {
@@ -339,6 +335,19 @@ pub fn normalize(features: &mut [f32]) {
         for ((x, &m), &k) in row.iter_mut().zip(&mean).zip(&scale) {
             *x = ((*x as f64 - m) * k) as f32;
         }
+    }
+    Ok(())
+}
+
+/// Refuse features that are not whole `[frames, 80]` rows, naming `what` was given them.
+fn check_frames(what: &str, features: &[f32]) -> Result<()> {
+    if features.len().is_multiple_of(N_MELS) {
+        Ok(())
+    } else {
+        Err(Error::Data(format!(
+            "{what}: {} values are not [frames, {N_MELS}]",
+            features.len()
+        )))
     }
 }
 
@@ -379,13 +388,9 @@ impl SpecAugment {
 
     /// Mask `features` (`[frames, 80]`, row-major) in place, drawing from `rng`.
     ///
-    /// Panics when `features.len()` is not a multiple of 80 (a caller's bug).
-    pub fn apply(&self, features: &mut [f32], rng: &mut ChaCha8Rng) {
-        assert!(
-            features.len().is_multiple_of(N_MELS),
-            "SpecAugment::apply: {} values are not [frames, {N_MELS}]",
-            features.len()
-        );
+    /// Errors with [`Error::Data`] when `features.len()` is not a multiple of 80.
+    pub fn apply(&self, features: &mut [f32], rng: &mut ChaCha8Rng) -> Result<()> {
+        check_frames("SpecAugment::apply", features)?;
         let frames = features.len() / N_MELS;
         let f_max = self.freq_width.min(N_MELS);
         for _ in 0..self.n_freq_masks {
@@ -404,6 +409,7 @@ impl SpecAugment {
             let t0 = rng.gen_range(0..=frames - t);
             features[t0 * N_MELS..(t0 + t) * N_MELS].fill(0.0);
         }
+        Ok(())
     }
 }
 
@@ -423,7 +429,7 @@ pub fn features(path: &Path, mel: &LogMel) -> Result<Vec<f32>> {
             wav.seconds()
         )));
     }
-    normalize(&mut feats);
+    normalize(&mut feats)?;
     Ok(feats)
 }
 
@@ -764,7 +770,7 @@ mod tests {
         let mut f: Vec<f32> = (0..50 * N_MELS)
             .map(|i| ((i * 37 % 101) as f32 * 0.3 - 7.0) * (1 + i % N_MELS) as f32)
             .collect();
-        normalize(&mut f);
+        normalize(&mut f).unwrap();
         for (m, (mean, var)) in bin_stats(&f).into_iter().enumerate() {
             assert!(
                 mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-4,
@@ -772,12 +778,12 @@ mod tests {
             );
         }
         let mut constant = vec![-23.0; 7 * N_MELS];
-        normalize(&mut constant);
+        normalize(&mut constant).unwrap();
         assert!(constant.iter().all(|&v| v == 0.0));
         let mut one: Vec<f32> = (0..N_MELS).map(|i| i as f32).collect();
-        normalize(&mut one);
+        normalize(&mut one).unwrap();
         assert!(one.iter().all(|&v| v == 0.0));
-        normalize(&mut []);
+        normalize(&mut []).unwrap();
     }
 
     #[test]
@@ -787,7 +793,8 @@ mod tests {
         let aug = SpecAugment::LD;
         let run = |a: &SpecAugment, seed| {
             let mut f = ones.clone();
-            a.apply(&mut f, &mut ChaCha8Rng::seed_from_u64(seed));
+            a.apply(&mut f, &mut ChaCha8Rng::seed_from_u64(seed))
+                .unwrap();
             f
         };
         assert_eq!(run(&aug, 1), run(&aug, 1));
@@ -826,9 +833,20 @@ mod tests {
         assert!(masked >= 18, "{masked}");
         // Short utterances and no frames keep their shape.
         let mut short = vec![1.0; 3 * N_MELS];
-        aug.apply(&mut short, &mut ChaCha8Rng::seed_from_u64(0));
+        aug.apply(&mut short, &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap();
         assert_eq!(short.len(), 3 * N_MELS);
-        aug.apply(&mut [], &mut ChaCha8Rng::seed_from_u64(0));
+        aug.apply(&mut [], &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap();
+        // Values that are not whole [frames, 80] rows are refused, not masked.
+        let mut ragged = vec![1.0; N_MELS + 1];
+        let err = aug
+            .apply(&mut ragged, &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap_err();
+        assert!(err.to_string().contains("81 values"), "{err}");
+        let err = normalize(&mut ragged).unwrap_err();
+        assert!(err.to_string().contains("normalize"), "{err}");
+        assert!(ragged.iter().all(|&v| v == 1.0));
     }
 
     #[test]
