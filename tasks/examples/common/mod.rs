@@ -33,11 +33,7 @@ impl TimingArgs {
         if self.steps == 0 {
             return Err("--steps must be positive".into());
         }
-        if let Some(n) = self.threads {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global()?;
-        }
+        tasks::train::set_threads(self.threads);
         Ok(())
     }
 

@@ -62,19 +62,21 @@ pub fn parse_cli<A: clap::Parser, T: Task>() -> ParsedCli<A> {
     ParsedCli { args, given }
 }
 
-/// Use `n` worker threads for everything (`None` or 0: all cores). Exits with status 2 on
+/// Use `n` threads for everything (`None` or 0: `RAYON_NUM_THREADS`, else all cores), the
+/// calling thread being one of them: a parallel op runs on it and `n − 1` workers, with no
+/// hand-off to a worker and back (and with one thread, on it alone). Exits with status 2 on
 /// more than 1024 or when the pool cannot start.
 pub fn set_threads(n: Option<usize>) {
-    let Some(n) = n else { return };
+    let n = n.unwrap_or(0);
     if n > 1024 {
         fail(format!(
             "--threads {n} is more than 1024; use at most the number of cores (0 = all cores)"
         ));
     }
-    if let Err(e) = rayon::ThreadPoolBuilder::new()
+    let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
-        .build_global()
-    {
+        .use_current_thread();
+    if let Err(e) = pool.build_global() {
         fail(format!("cannot start {n} threads: {e}"));
     }
 }
