@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use tasks::asr::{Asr, AsrArgs};
-use tasks::train::{
-    Outcome, RunOptions, RunSummary, Task, TrainConfig, Variant, CHECKPOINT_FILE, METRICS_FILE,
-};
+use tasks::train::{Outcome, RunOptions, RunSummary, Task, TrainConfig, Variant, METRICS_FILE};
 
 mod common;
 use common::opts;
@@ -111,34 +109,11 @@ fn interrupted_and_resumed_equals_uninterrupted_bit_for_bit() {
             ..asr
         },
     );
-    let (a, b) = (tmp("whole"), tmp("split"));
-    let whole = run(Some(cfg.clone()), &opts(&a)).unwrap();
-    let stopped = run(
-        Some(cfg),
-        &RunOptions {
-            stop_after: Some(7),
-            ..opts(&b)
-        },
-    )
-    .unwrap();
-    assert_eq!(stopped.steps, 7);
-    let resumed = run(
-        None,
-        &RunOptions {
-            resume: true,
-            ..opts(&b)
-        },
-    )
-    .unwrap();
-    assert_eq!(resumed.steps, 20);
-    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-    let (ma, mb) = (read(&a, METRICS_FILE), read(&b, METRICS_FILE));
-    assert!(ma == mb, "metrics differ:\n{ma}\nvs\n{mb}");
+    let (a, b, whole, resumed) = common::whole_and_resumed::<Asr>("asr", cfg, 7);
     assert_eq!(
         whole.metric("test_cer_real"),
         resumed.metric("test_cer_real")
     );
-    assert!(b.join(CHECKPOINT_FILE).exists());
     std::fs::remove_dir_all(&a).unwrap();
     std::fs::remove_dir_all(&b).unwrap();
 }

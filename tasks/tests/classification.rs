@@ -133,44 +133,14 @@ fn interrupted_and_resumed_equals_uninterrupted_bit_for_bit() {
             ..cls
         },
     );
-    let (a, b) = (tmp("whole"), tmp("split"));
-    let whole = run(Some(cfg.clone()), &opts(&a)).unwrap();
-    let stopped = run(
-        Some(cfg),
-        &RunOptions {
-            stop_after: Some(13),
-            ..opts(&b)
-        },
-    )
-    .unwrap();
-    assert_eq!(stopped.steps, 13);
-    let resumed = run(
-        None,
-        &RunOptions {
-            resume: true,
-            ..opts(&b)
-        },
-    )
-    .unwrap();
-    assert_eq!(resumed.steps, 30);
+    let (a, b, whole, resumed) =
+        common::whole_and_resumed::<Classification>("classification", cfg, 13);
     let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-    let (ma, mb) = (read(&a, METRICS_FILE), read(&b, METRICS_FILE));
-    assert!(ma == mb, "metrics differ:\n{ma}\nvs\n{mb}");
     assert_eq!(read(&a, "confusion.json"), read(&b, "confusion.json"));
     assert_eq!(
         whole.metric("test_accuracy"),
         resumed.metric("test_accuracy")
     );
-    let (ca, cb) = (
-        Checkpoint::load(&a.join(CHECKPOINT_FILE)).unwrap(),
-        Checkpoint::load(&b.join(CHECKPOINT_FILE)).unwrap(),
-    );
-    assert_eq!((ca.step, &ca.config), (cb.step, &cb.config));
-    assert_eq!(ca.tensors.len(), cb.tensors.len());
-    for (k, t) in &ca.tensors {
-        let same = t.to_vec_f64().unwrap() == cb.tensors[k].to_vec_f64().unwrap();
-        assert!(same, "final {k} differs");
-    }
     // A saved run loads for inference: its model gives the run's test accuracy.
     let loaded = load_run::<Classification>(&a).unwrap();
     let (_, test) = load_dir(&slice(), 10).unwrap();
