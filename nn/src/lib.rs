@@ -16,6 +16,7 @@ mod norm;
 pub mod optim;
 pub mod patch;
 pub mod pool;
+pub mod simclr;
 pub mod transformer;
 pub mod trunk;
 pub mod vit;
@@ -39,6 +40,7 @@ pub use optim::{
 pub use optim::{Lars, LarsConfig};
 pub use patch::PatchEmbedding;
 pub use pool::{ClsToken, Pooling};
+pub use simclr::{nt_xent, SimClr};
 pub use transformer::{Gpt, GptConfig};
 pub use trunk::{Block, NormPlacement, Trunk, TrunkConfig};
 pub use vit::{Vit, VitConfig};

@@ -21,7 +21,8 @@ pub struct VitConfig {
     pub channels: usize,
     /// Side of the square, non-overlapping patches.
     pub patch_size: usize,
-    /// Number of classes (the head's outputs).
+    /// Number of classes (the head's outputs); 0 for an encoder without a head (only
+    /// [`Vit::features`], as SimCLR pretrains it).
     pub n_classes: usize,
     /// Width of the residual stream.
     pub d_model: usize,
@@ -78,7 +79,7 @@ impl VitConfig {
 
 /// A ViT classifier: images `[b, channels, height, width]` → patch embeddings (+ class
 /// token) + learned positions → bidirectional [`Trunk`] (its final LayerNorm when pre-LN)
-/// → pooling → linear head → logits `[b, n_classes]`.
+/// → pooling → linear head → logits `[b, n_classes]` (no head when `n_classes` is 0).
 ///
 /// Parameter names: `patch_embed.proj.…`, `cls` (with [`Pooling::Cls`]), `pos_emb`
 /// `[n_tokens, d_model]`, `blocks.{i}.{ln1,attn,ln2,mlp}…`, `ln_f.{weight,bias}`,
@@ -90,7 +91,7 @@ pub struct Vit {
     cls: Option<ClsToken>,
     pos_emb: Tensor,
     trunk: Trunk,
-    head: LinearLayer,
+    head: Option<LinearLayer>,
 }
 
 impl Vit {
@@ -101,7 +102,7 @@ impl Vit {
     /// the patch size, `pos_std` not finite and ≥ 0, and as [`Trunk::new`].
     pub fn new(config: VitConfig, dtype: DType, rng: &mut impl rand::Rng) -> Result<Self> {
         let c = &config;
-        let sizes = [c.channels, c.patch_size, c.n_classes, c.d_model];
+        let sizes = [c.channels, c.patch_size, c.d_model];
         let whole_patches = c.patch_size > 0
             && c.height > 0
             && c.width > 0
@@ -128,7 +129,10 @@ impl Vit {
         let pos_emb = Tensor::randn(&[c.n_tokens(), c.d_model], 0.0, c.pos_std, dtype, rng)
             .requires_grad_(true)?;
         let trunk = Trunk::new(c.trunk(), dtype, rng)?;
-        let head = LinearLayer::new(kind, c.d_model, c.n_classes, true, dtype, rng)?;
+        let head = match c.n_classes {
+            0 => None,
+            n => Some(LinearLayer::new(kind, c.d_model, n, true, dtype, rng)?),
+        };
         Ok(Vit {
             config,
             patch_embed,
@@ -169,9 +173,12 @@ impl Vit {
     }
 
     /// Logits `[b, n_classes]` of `images` `[b, channels, height, width]`; errors as
-    /// [`Vit::features`].
+    /// [`Vit::features`], and with [`Error::Config`] for an encoder without a head.
     pub fn forward(&self, images: &Tensor, rng: &mut impl rand::Rng) -> Result<Tensor> {
-        self.head.forward(&self.features(images, rng)?)
+        let head = self.head.as_ref().ok_or_else(|| {
+            Error::Config("Vit: this encoder has no head (n_classes 0); use features".into())
+        })?;
+        head.forward(&self.features(images, rng)?)
     }
 
     /// Mean cross-entropy (nats per image) of `labels` (one per image, each below
@@ -186,11 +193,11 @@ impl Vit {
     }
 
     /// Every linear layer with its full name (`patch_embed.proj`, `blocks.0.attn.q`, …,
-    /// `head`).
+    /// `head` when there is one).
     pub fn linears(&self) -> Vec<(String, &LinearLayer)> {
         let mut out = vec![("patch_embed.proj".to_string(), self.patch_embed.proj())];
         out.extend(self.trunk.linears());
-        out.push(("head".into(), &self.head));
+        out.extend(self.head.iter().map(|h| ("head".to_string(), h)));
         out
     }
 
@@ -212,13 +219,17 @@ impl Module for Vit {
             TensorRole::Parameter,
         );
         self.trunk.visit(prefix, f);
-        self.head.visit(&join(prefix, "head"), f);
+        if let Some(head) = &self.head {
+            head.visit(&join(prefix, "head"), f);
+        }
     }
 
     fn set_training(&self, training: bool) {
         self.patch_embed.set_training(training);
         self.trunk.set_training(training);
-        self.head.set_training(training);
+        if let Some(head) = &self.head {
+            head.set_training(training);
+        }
     }
 }
 
@@ -337,7 +348,7 @@ mod tests {
                 ..base
             },
             VitConfig {
-                n_classes: 0,
+                d_model: 0,
                 ..base
             },
             VitConfig {

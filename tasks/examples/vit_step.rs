@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut data_rng = ChaCha8Rng::seed_from_u64(a.run.seed + 1);
     let mut dropout_rng = ChaCha8Rng::seed_from_u64(a.run.seed + 2);
-    let n_classes = a.cls.n_classes;
+    let n_classes = a.cls.vision.n_classes;
     let timing = time_steps(
         a.run.warmup_steps,
         a.run.steps,
@@ -66,7 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok((model.loss(&logits, &y)?, t0))
         },
     )?;
-    let c = &a.cls;
+    let c = &a.cls.vision;
     let extra = json!({
         "batch_size": b,
         "image_size": side,

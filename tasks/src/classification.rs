@@ -4,50 +4,22 @@
 //! confusion matrix).
 
 use crate::confusion::ConfusionMatrix;
-use crate::fetch::Fetchable;
-use crate::images::{load_dir, Augment, Images, FASHION_CLASSES};
-use crate::train::{
-    check_memory, check_transformer, positive, product, seeded, Rngs, Setup, Task, TrainConfig,
-    Variant,
-};
+use crate::images::{Augment, Epochs, Images, FASHION_CLASSES};
+use crate::vision::{self, saved_size, Splits, VisionArgs};
+use crate::train::{positive, Rngs, Setup, Task, TrainConfig, Variant};
 use crate::{Error, Result};
 use engine::{no_grad, DType, Reduction, Tensor};
-use nn::{ModuleExt, Pooling, Vit, VitConfig};
-use rand::seq::SliceRandom;
+use nn::{ModuleExt, Vit, VitConfig};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
-
-/// The default data directory, created by `scripts/fetch-fashion-mnist.sh`.
-pub const DEFAULT_DATA: &str = "data/fashion-mnist";
-
-/// Fashion-MNIST, fetched from Debian on first use.
-const FASHION_MNIST: Fetchable = Fetchable {
-    default: DEFAULT_DATA,
-    script: "fetch-fashion-mnist.sh",
-    instead: "a directory holding the four IDX files (train-images-idx3-ubyte[.gz], …)",
-};
 
 /// Images per forward pass when evaluating (no graph is kept).
 const EVAL_BATCH: usize = 500;
 /// Training images (the first of the training split, not augmented) whose accuracy is
 /// reported as `train_accuracy` at each evaluation.
 const TRAIN_PROBE: usize = 2000;
-/// Seed of the validation split: the same held-out images whatever `--seed`, so that runs
-/// of different seeds and recipes are compared on the same images.
-const SPLIT_SEED: u64 = 0;
-/// ChaCha stream of the seed from which epoch `e`'s order is drawn: `EPOCH_STREAM + e`
-/// (streams 0–3 are [`seeded`]'s).
-const EPOCH_STREAM: u64 = 1 << 32;
-
-fn parse_pooling(s: &str) -> std::result::Result<Pooling, String> {
-    match s {
-        "cls" => Ok(Pooling::Cls),
-        "mean" => Ok(Pooling::Mean),
-        _ => Err(format!("expected `cls` or `mean`, got `{s}`")),
-    }
-}
 
 /// `classification`'s own settings and flags (`#[command(flatten)]` beside
 /// [`crate::train::TrainArgs`]), saved in checkpoints.
@@ -56,28 +28,10 @@ pub struct ClassificationConfig {
     /// Images per batch.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Side of the square patches (must divide the image height and width).
-    #[arg(long, default_value_t = 7)]
-    pub patch_size: usize,
-    /// Width of the residual stream.
-    #[arg(long, default_value_t = 128)]
-    pub d_model: usize,
-    /// Number of transformer blocks.
-    #[arg(long, default_value_t = 4)]
-    pub n_layers: usize,
-    /// Attention heads per block (must divide --d-model).
-    #[arg(long, default_value_t = 4)]
-    pub n_heads: usize,
-    /// Hidden width of each MLP in units of --d-model.
-    #[arg(long, default_value_t = 2)]
-    pub mlp_ratio: usize,
-    /// Dropout probability (attention and residual branches).
-    #[arg(long, default_value_t = 0.0)]
-    pub dropout: f64,
-    /// How the encoder's output becomes one vector per image: `mean` over the patches
-    /// (global average pooling) or a `cls` token.
-    #[arg(long, default_value = "mean", value_parser = parse_pooling)]
-    pub pooling: Pooling,
+    /// The data and the ViT.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub vision: VisionArgs,
     /// Zero padding on each side before the random crop back to the image size (0: no
     /// crop; less than the image sides).
     #[arg(long, default_value_t = 2)]
@@ -85,21 +39,6 @@ pub struct ClassificationConfig {
     /// Random horizontal flips of training images (`--flip false` to turn off).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub flip: bool,
-    /// Directory of the four IDX files (`train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
-    /// `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each plain or `.gz`). The default
-    /// is fetched automatically with scripts/fetch-fashion-mnist.sh when missing.
-    #[arg(long, default_value = DEFAULT_DATA)]
-    pub data: PathBuf,
-    /// Number of classes; every label must be below it.
-    #[arg(long, default_value_t = 10)]
-    pub n_classes: usize,
-    /// Training images held out for validation (model selection); the test set is only
-    /// used for the accuracy reported at the end.
-    #[arg(long, default_value_t = 5000)]
-    pub val_images: usize,
-    /// Train on the first N images of the training split only (0: all of them).
-    #[arg(long, default_value_t = 0)]
-    pub train_images: usize,
 }
 
 impl ClassificationConfig {
@@ -108,32 +47,16 @@ impl ClassificationConfig {
         use clap::{Args, FromArgMatches};
         let cmd = ClassificationConfig::augment_args(clap::Command::new("classification"));
         let matches = cmd.get_matches_from(["classification"]);
-        ClassificationConfig {
-            data,
-            ..ClassificationConfig::from_arg_matches(&matches).expect("the defaults parse")
-        }
+        let mut cfg =
+            ClassificationConfig::from_arg_matches(&matches).expect("the defaults parse");
+        cfg.vision.data = data;
+        cfg
     }
 
     /// The model of this configuration for `train`'s variant, on `height × width` images.
     pub fn vit_config(&self, train: &TrainConfig, height: usize, width: usize) -> VitConfig {
-        let (norm, sigma_reparam) = train.variant.layout();
-        VitConfig {
-            height,
-            width,
-            channels: 1,
-            patch_size: self.patch_size,
-            n_classes: self.n_classes,
-            d_model: self.d_model,
-            n_layers: self.n_layers,
-            n_heads: self.n_heads,
-            mlp_ratio: self.mlp_ratio,
-            dropout: self.dropout,
-            norm,
-            sigma_reparam,
-            gamma_one: train.gamma_one,
-            pooling: self.pooling,
-            pos_std: 0.02,
-        }
+        self.vision
+            .vit_config(train, height, width, self.vision.n_classes)
     }
 
     /// The augmentation of training images.
@@ -142,50 +65,6 @@ impl ClassificationConfig {
             pad: self.crop_pad,
             flip: self.flip,
         }
-    }
-}
-
-/// The image size saved in a run's task state.
-fn saved_size(state: &Value) -> Result<(usize, usize)> {
-    let side = |k: &str| {
-        state[k]
-            .as_u64()
-            .map(|v| v as usize)
-            .ok_or_else(|| Error::Data(format!("checkpoint has no image {k}")))
-    };
-    Ok((side("height")?, side("width")?))
-}
-
-/// Where the training batches stand: epoch `epoch`'s order, of which `pos` images are used.
-#[derive(Debug, Clone)]
-struct Epochs {
-    seed: u64,
-    epoch: u64,
-    pos: usize,
-    order: Vec<usize>,
-}
-
-impl Epochs {
-    /// Epoch `epoch` of `n` images, `pos` of them used.
-    fn at(seed: u64, n: usize, epoch: u64, pos: usize) -> Epochs {
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut seeded(seed, EPOCH_STREAM + epoch));
-        Epochs {
-            seed,
-            epoch,
-            pos,
-            order,
-        }
-    }
-
-    /// The next `b` indices; an epoch's last images that do not fill a batch are skipped
-    /// (PyTorch's `drop_last`), then the next epoch's order is drawn.
-    fn next(&mut self, b: usize) -> &[usize] {
-        if self.pos + b > self.order.len() {
-            *self = Epochs::at(self.seed, self.order.len(), self.epoch + 1, 0);
-        }
-        self.pos += b;
-        &self.order[self.pos - b..self.pos]
     }
 }
 
@@ -227,10 +106,10 @@ fn accuracy(preds: &[usize], labels: &[u8]) -> f64 {
 impl Classification {
     /// The class names: Fashion-MNIST's for 10 classes, numbers otherwise.
     fn class_names(&self) -> Vec<String> {
-        if self.cfg.n_classes == FASHION_CLASSES.len() {
+        if self.cfg.vision.n_classes == FASHION_CLASSES.len() {
             FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
         } else {
-            (0..self.cfg.n_classes).map(|c| c.to_string()).collect()
+            (0..self.cfg.vision.n_classes).map(|c| c.to_string()).collect()
         }
     }
 }
@@ -261,121 +140,24 @@ impl Task for Classification {
         .simplified_for_sigma_reparam(0.1)
     }
 
-    /// Positive sizes, `--dropout` in [0, 1), `--n-heads` dividing `--d-model`,
-    /// and `--n-classes` in 2..=256 (labels are bytes). The image size is checked against
-    /// the patch size, and the attention memory of a batch against the machine's, when the
-    /// data is loaded.
+    /// The flags of [`VisionArgs::validate`] and a positive `--batch-size`. The image size
+    /// is checked against the patch size and `--crop-pad`, and the attention memory of a
+    /// batch against the machine's, when the data is loaded.
     fn validate(cfg: &ClassificationConfig, _train: &TrainConfig) -> Result<()> {
-        positive(&[
-            ("--batch-size", cfg.batch_size),
-            ("--patch-size", cfg.patch_size),
-            ("--d-model", cfg.d_model),
-            ("--n-layers", cfg.n_layers),
-            ("--n-heads", cfg.n_heads),
-            ("--mlp-ratio", cfg.mlp_ratio),
-            ("--val-images", cfg.val_images),
-        ])?;
-        check_transformer(cfg.d_model, cfg.n_heads, cfg.dropout)?;
-        if !(2..=256).contains(&cfg.n_classes) {
-            return Err(Error::Config(format!(
-                "--n-classes must be in 2..=256 (labels are bytes), got {}",
-                cfg.n_classes
-            )));
-        }
-        Ok(())
+        positive(&[("--batch-size", cfg.batch_size)])?;
+        cfg.vision.validate()
     }
 
     fn load(cfg: &ClassificationConfig, setup: Setup, init: &mut ChaCha8Rng) -> Result<Self> {
-        FASHION_MNIST.ensure(&cfg.data, setup.fetch, setup.verbose)?;
-        let (all_train, test) = load_dir(&cfg.data, cfg.n_classes)?;
-        let (mut train, val) = all_train
-            .split(cfg.val_images, &mut seeded(SPLIT_SEED, 1))
-            .map_err(|e| Error::Config(format!("--val-images {}: {e}", cfg.val_images)))?;
-        if cfg.train_images > 0 {
-            if cfg.train_images > train.len() {
-                return Err(Error::Config(format!(
-                    "--train-images {} exceeds the {} images of the training split",
-                    cfg.train_images,
-                    train.len()
-                )));
-            }
-            train = train.subset(cfg.train_images);
-        }
-        if train.len() < cfg.batch_size {
-            return Err(Error::Config(format!(
-                "--batch-size {} exceeds the {} training images",
-                cfg.batch_size,
-                train.len()
-            )));
-        }
+        let (Splits { train, val, test }, epochs) = cfg.vision.load(setup, cfg.batch_size, 1)?;
         let (h, w) = (train.height, train.width);
-        if !(h.is_multiple_of(cfg.patch_size) && w.is_multiple_of(cfg.patch_size)) {
-            return Err(Error::Config(format!(
-                "--patch-size {} must divide the image height and width ({h}×{w})",
-                cfg.patch_size
-            )));
-        }
         if cfg.crop_pad >= h.min(w) {
             return Err(Error::Config(format!(
                 "--crop-pad {} must be smaller than the image sides ({h}×{w})",
                 cfg.crop_pad
             )));
         }
-        let vit = cfg.vit_config(setup.train, h, w);
-        let what = |need: &str| {
-            format!(
-                "--batch-size {} needs about {need} for the attention matrices alone ({} \
-                 layers × {} heads × {}² tokens × 4 bytes per image)",
-                cfg.batch_size,
-                cfg.n_layers,
-                cfg.n_heads,
-                vit.n_tokens()
-            )
-        };
-        let tokens = vit.n_tokens();
-        let bytes = product(&[cfg.n_layers, cfg.batch_size, cfg.n_heads, tokens, tokens, 4]);
-        check_memory(bytes, what, "lower --batch-size or raise --patch-size")?;
-        let (epoch, pos) = match setup.saved {
-            Some(saved) => {
-                if saved_size(saved)? != (train.height, train.width) {
-                    return Err(Error::Data(format!(
-                        "the images of {} are {}×{}, the checkpoint's model was trained on \
-                         {:?}; resume with the same data",
-                        cfg.data.display(),
-                        train.height,
-                        train.width,
-                        saved_size(saved)?
-                    )));
-                }
-                let field = |k: &str| {
-                    saved[k]
-                        .as_u64()
-                        .ok_or_else(|| Error::Data(format!("checkpoint has no epoch {k}")))
-                };
-                (field("epoch")?, field("pos")? as usize)
-            }
-            None => (0, 0),
-        };
-        if pos > train.len() {
-            return Err(Error::Data(format!(
-                "the checkpoint is {pos} images into an epoch of {}; resume with the same data",
-                train.len()
-            )));
-        }
-        if setup.verbose {
-            eprintln!(
-                "data: {} ({} training, {} validation, {} test images of {}×{}, {} classes)",
-                cfg.data.display(),
-                train.len(),
-                val.len(),
-                test.len(),
-                train.height,
-                train.width,
-                cfg.n_classes
-            );
-        }
-        let model = Vit::new(vit, DType::F32, init)?;
-        let epochs = Epochs::at(setup.train.seed, train.len(), epoch, pos);
+        let model = Vit::new(cfg.vit_config(setup.train, h, w), DType::F32, init)?;
         Ok(Classification {
             cfg: cfg.clone(),
             train,
@@ -402,32 +184,14 @@ impl Task for Classification {
 
     /// The image size and where the epochs stand (epoch, images of it used).
     fn state(&self) -> Value {
-        json!({
-            "height": self.train.height,
-            "width": self.train.width,
-            "epoch": self.epochs.epoch,
-            "pos": self.epochs.pos,
-        })
+        vision::state(&self.train, &self.epochs)
     }
 
     fn describe(&self) -> String {
         let c = &self.cfg;
-        let v = self.model.config();
         format!(
-            "model: ViT, {}×{} patches ({} tokens), d_model {}, {} layers, {} heads, MLP ×{}, \
-             {} pooling; batches of {}; augmentation: crop with padding {}, flips {}",
-            c.patch_size,
-            c.patch_size,
-            v.n_tokens(),
-            c.d_model,
-            c.n_layers,
-            c.n_heads,
-            c.mlp_ratio,
-            if c.pooling == Pooling::Cls {
-                "class-token"
-            } else {
-                "mean"
-            },
+            "model: {}; batches of {}; augmentation: crop with padding {}, flips {}",
+            c.vision.describe(self.model.config()),
             c.batch_size,
             c.crop_pad,
             if c.flip { "on" } else { "off" }
@@ -496,7 +260,7 @@ impl Task for Classification {
         };
         let (loss, preds) = predict(&self.model, &self.test, &mut rngs)?;
         let labels: Vec<usize> = self.test.labels.iter().map(|&l| usize::from(l)).collect();
-        let mut confusion = ConfusionMatrix::new(self.cfg.n_classes);
+        let mut confusion = ConfusionMatrix::new(self.cfg.vision.n_classes);
         confusion.add_batch(&labels, &preds)?;
         let names = self.class_names();
         let title = format!(

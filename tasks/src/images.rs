@@ -3,6 +3,7 @@
 //! with random-crop and horizontal-flip augmentation.
 
 use crate::idx::read_idx;
+use crate::train::seeded;
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -353,6 +354,45 @@ fn normalize(img: &mut [f32], sum: u64, sum_sq: u64) {
     let k = (1.0 / (255.0 * (var + NORM_EPS).sqrt())) as f32;
     for v in img.iter_mut() {
         *v = (*v - m) * k;
+    }
+}
+
+/// ChaCha stream of the seed from which epoch `e`'s order is drawn: `EPOCH_STREAM + e`
+/// (streams 0–3 are [`seeded`]'s).
+const EPOCH_STREAM: u64 = 1 << 32;
+
+/// Where the training batches stand: epoch `epoch`'s order, of which `pos` images are used.
+#[derive(Debug, Clone)]
+pub struct Epochs {
+    seed: u64,
+    /// The epoch being drawn from (0 first).
+    pub epoch: u64,
+    /// Images of it used.
+    pub pos: usize,
+    order: Vec<usize>,
+}
+
+impl Epochs {
+    /// Epoch `epoch` of `n` images, `pos` of them used.
+    pub fn at(seed: u64, n: usize, epoch: u64, pos: usize) -> Epochs {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut seeded(seed, EPOCH_STREAM + epoch));
+        Epochs {
+            seed,
+            epoch,
+            pos,
+            order,
+        }
+    }
+
+    /// The next `b` indices; an epoch's last images that do not fill a batch are skipped
+    /// (PyTorch's `drop_last`), then the next epoch's order is drawn.
+    pub fn next(&mut self, b: usize) -> &[usize] {
+        if self.pos + b > self.order.len() {
+            *self = Epochs::at(self.seed, self.order.len(), self.epoch + 1, 0);
+        }
+        self.pos += b;
+        &self.order[self.pos - b..self.pos]
     }
 }
 

@@ -1,6 +1,6 @@
 //! The task programs' library: the training harness they share ([`train`]), the tasks
-//! ([`lm`], [`classification`], [`asr`]), text, image and audio data, JSONL metrics, confusion matrices
-//! and SVG plots.
+//! ([`lm`], [`classification`], [`ssl`], [`asr`]), text, image and audio data, SimCLR views
+//! and the linear probe, JSONL metrics, confusion matrices and SVG plots.
 pub mod asr;
 pub mod audio;
 pub mod classification;
@@ -11,8 +11,12 @@ pub mod images;
 pub mod lm;
 pub mod metrics;
 pub mod plot;
+pub mod probe;
+pub mod ssl;
 pub mod text;
 pub mod train;
+pub mod views;
+pub mod vision;
 
 use std::path::PathBuf;
 

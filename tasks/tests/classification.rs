@@ -8,6 +8,7 @@ use nn::{Checkpoint, ModuleExt};
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use tasks::classification::{Classification, ClassificationConfig};
+use tasks::vision::VisionArgs;
 use tasks::images::load_dir;
 use tasks::train::{
     load_run, Outcome, RunOptions, RunSummary, Task, TrainConfig, Variant, CHECKPOINT_FILE,
@@ -41,14 +42,18 @@ fn tiny(variant: Variant, steps: usize) -> Cfg {
             checkpoint_every: 10,
             ..Classification::defaults(variant)
         },
-        ClassificationConfig {
-            batch_size: 32,
-            patch_size: 7,
-            d_model: 32,
-            n_layers: 2,
-            n_heads: 2,
-            val_images: 200,
-            ..ClassificationConfig::new(slice())
+        {
+            let mut c = ClassificationConfig::new(slice());
+            c.batch_size = 32;
+            c.vision = VisionArgs {
+                patch_size: 7,
+                d_model: 32,
+                n_layers: 2,
+                n_heads: 2,
+                val_images: 200,
+                ..c.vision
+            };
+            c
         },
     )
 }
@@ -126,13 +131,9 @@ fn interrupted_and_resumed_equals_uninterrupted_bit_for_bit() {
     // order (25 steps of 32 over 800 images cross epoch boundaries; the stop at step 13 is
     // mid-epoch) must all resume exactly.
     let (train, cls) = tiny(Variant::SigmaReparam, 30);
-    let cfg = (
-        train,
-        ClassificationConfig {
-            dropout: 0.1,
-            ..cls
-        },
-    );
+    let mut cls = cls;
+    cls.vision.dropout = 0.1;
+    let cfg = (train, cls);
     let (a, b, whole, resumed) =
         common::whole_and_resumed::<Classification>("classification", cfg, 13);
     let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
@@ -179,7 +180,7 @@ fn bad_settings_and_data_are_refused_naming_the_flag_or_file() {
     };
     for (cfg, want) in [
         (
-            with(&|c| c.patch_size = 5),
+            with(&|c| c.vision.patch_size = 5),
             "--patch-size 5 must divide the image height and width (28×28)",
         ),
         (
@@ -187,19 +188,19 @@ fn bad_settings_and_data_are_refused_naming_the_flag_or_file() {
             "must be smaller than the image sides (28×28)",
         ),
         (
-            with(&|c| c.n_heads = 3),
+            with(&|c| c.vision.n_heads = 3),
             "--n-heads 3 must divide --d-model 32",
         ),
-        (with(&|c| c.val_images = 1000), "--val-images 1000"),
+        (with(&|c| c.vision.val_images = 1000), "--val-images 1000"),
         (
-            with(&|c| c.train_images = 900),
+            with(&|c| c.vision.train_images = 900),
             "--train-images 900 exceeds the 800",
         ),
         (with(&|c| c.batch_size = 0), "--batch-size"),
-        (with(&|c| c.n_classes = 1), "--n-classes must be in 2..=256"),
+        (with(&|c| c.vision.n_classes = 1), "--n-classes must be in 2..=256"),
         // Fashion-MNIST's labels go up to 9.
-        (with(&|c| c.n_classes = 5), "label"),
-        (with(&|c| c.dropout = 1.0), "--dropout must be in [0, 1)"),
+        (with(&|c| c.vision.n_classes = 5), "label"),
+        (with(&|c| c.vision.dropout = 1.0), "--dropout must be in [0, 1)"),
     ] {
         let err = config_error(cfg, &out);
         assert!(err.contains(want), "want {want:?} in: {err}");
@@ -210,11 +211,11 @@ fn bad_settings_and_data_are_refused_naming_the_flag_or_file() {
     }
     // A missing directory names it and what to pass.
     let missing = out.join("nowhere");
-    let err = config_error(with(&|c| c.data = missing.clone()), &out);
+    let err = config_error(with(&|c| c.vision.data = missing.clone()), &out);
     assert!(err.contains("nowhere") && err.contains("--data"), "{err}");
     // A directory without IDX files lists what it looked for.
     std::fs::create_dir_all(&missing).unwrap();
-    let err = config_error(with(&|c| c.data = missing.clone()), &out);
+    let err = config_error(with(&|c| c.vision.data = missing.clone()), &out);
     assert!(err.contains("train-images-idx3-ubyte"), "{err}");
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -2,7 +2,7 @@
 
 use super::Inspect;
 use crate::Result;
-use nn::{AsrTransformer, Block, Gpt, LinearLayer, Vit};
+use nn::{AsrTransformer, Block, Gpt, LinearLayer, SimClr, Vit};
 
 /// Per block: the mean attention entropy per head of the last recorded forward and its
 /// Theorem 3.1 bound per head.
@@ -55,5 +55,19 @@ impl Inspect for AsrTransformer {
 
     fn linears(&self) -> Vec<(String, &LinearLayer)> {
         AsrTransformer::linears(self)
+    }
+}
+
+impl Inspect for SimClr {
+    fn set_record_entropy(&self, on: bool) {
+        SimClr::set_record_entropy(self, on)
+    }
+
+    fn attention_stats(&self) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+        attention_stats(self.encoder().trunk().blocks())
+    }
+
+    fn linears(&self) -> Vec<(String, &LinearLayer)> {
+        SimClr::linears(self)
     }
 }
