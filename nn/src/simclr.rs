@@ -184,7 +184,10 @@ mod tests {
         let l3 = (2.0 * e(1.2) + e(1.6)).ln() - 1.6;
         let want = (2.0 * l0 + l1 + l3) / 4.0;
         let loss = nt_xent(&z, 0.5).unwrap();
-        assert!((loss.item().unwrap() - want).abs() < 1e-12, "{loss:?} vs {want}");
+        assert!(
+            (loss.item().unwrap() - want).abs() < 1e-12,
+            "{loss:?} vs {want}"
+        );
 
         // The gradient, by hand for row 0's view z₀ = (1, 0): it enters every row's
         // logits. ∂L/∂s_ij = (p_ij − [j = pos(i)]) / 4, and s_ij = u_i·u_j / τ with
@@ -285,9 +288,15 @@ mod tests {
             assert_eq!(m.forward(&x, &mut r).unwrap().shape(), &[4, 6]);
             let names: Vec<String> = m.linears().into_iter().map(|(n, _)| n).collect();
             assert_eq!(names.first().unwrap(), "encoder.patch_embed.proj");
-            assert_eq!(&names[names.len() - 2..], ["projection.fc", "projection.proj"]);
+            assert_eq!(
+                &names[names.len() - 2..],
+                ["projection.fc", "projection.proj"]
+            );
             let params = m.named_parameters();
-            assert!(params.iter().all(|(n, _)| !n.contains("head")), "{params:?}");
+            assert!(
+                params.iter().all(|(n, _)| !n.contains("head")),
+                "{params:?}"
+            );
             gradcheck(
                 |t| Ok(nt_xent(&m.forward(&t[0], &mut r.clone()).unwrap(), 0.5).unwrap()),
                 std::slice::from_ref(&x),

@@ -347,10 +347,7 @@ mod tests {
                 patch_size: 4,
                 ..base
             },
-            VitConfig {
-                d_model: 0,
-                ..base
-            },
+            VitConfig { d_model: 0, ..base },
             VitConfig {
                 pos_std: f64::NAN,
                 ..base

@@ -5,8 +5,8 @@
 
 use crate::confusion::ConfusionMatrix;
 use crate::images::{Augment, Epochs, Images, FASHION_CLASSES};
-use crate::vision::{self, saved_size, Splits, VisionArgs};
 use crate::train::{positive, Rngs, Setup, Task, TrainConfig, Variant};
+use crate::vision::{self, saved_size, Splits, VisionArgs};
 use crate::{Error, Result};
 use engine::{no_grad, DType, Reduction, Tensor};
 use nn::{ModuleExt, Vit, VitConfig};
@@ -47,8 +47,7 @@ impl ClassificationConfig {
         use clap::{Args, FromArgMatches};
         let cmd = ClassificationConfig::augment_args(clap::Command::new("classification"));
         let matches = cmd.get_matches_from(["classification"]);
-        let mut cfg =
-            ClassificationConfig::from_arg_matches(&matches).expect("the defaults parse");
+        let mut cfg = ClassificationConfig::from_arg_matches(&matches).expect("the defaults parse");
         cfg.vision.data = data;
         cfg
     }
@@ -109,7 +108,9 @@ impl Classification {
         if self.cfg.vision.n_classes == FASHION_CLASSES.len() {
             FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
         } else {
-            (0..self.cfg.vision.n_classes).map(|c| c.to_string()).collect()
+            (0..self.cfg.vision.n_classes)
+                .map(|c| c.to_string())
+                .collect()
         }
     }
 }

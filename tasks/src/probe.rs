@@ -39,13 +39,16 @@ impl Features {
     }
 }
 
-/// What a probe reached.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProbeResult {
-    /// Accuracy on the features it was trained on, in [0, 1].
+/// A linear classifier `x·W + b` on standardized features, trained by [`LinearProbe::fit`].
+#[derive(Debug)]
+pub struct LinearProbe {
+    w: Tensor,
+    b: Tensor,
+    /// Per-dimension mean and standard deviation of the training features.
+    moments: (Vec<f64>, Vec<f64>),
+    n_classes: usize,
+    /// Accuracy on the training features at the end, in [0, 1].
     pub train_accuracy: f64,
-    /// Accuracy on the held-out features, in [0, 1].
-    pub test_accuracy: f64,
     /// Mean cross-entropy on the training features at the end (nats).
     pub train_loss: f64,
 }
@@ -96,86 +99,103 @@ fn labels(f: &Features) -> Vec<usize> {
     f.labels.iter().map(|&l| usize::from(l)).collect()
 }
 
-/// Train a linear classifier `x·W + b` on `train` (each dimension standardized with the
-/// training features' mean and standard deviation, applied to `test` too) by full-batch
-/// AdamW on the mean cross-entropy, `W` and `b` starting at zero, the learning rate
-/// decayed by a cosine from `cfg.lr` to 0 over `cfg.steps`; then its accuracy on both sets.
-/// Deterministic: no random draw, and every op is bit-reproducible at any thread count.
-///
-/// Errors with [`Error::Config`] when the two sets differ in `dim`, a set is empty or
-/// ragged, a label is `≥ n_classes`, or the settings are not finite and positive (steps,
-/// lr) or ≥ 0 (weight decay).
-pub fn linear_probe(
-    train: &Features,
-    test: &Features,
-    n_classes: usize,
-    cfg: &ProbeConfig,
-) -> Result<ProbeResult> {
-    for (name, f) in [("training", train), ("test", test)] {
-        if f.is_empty() || f.dim == 0 || f.values.len() != f.len() * f.dim || f.dim != train.dim
-        {
-            return Err(Error::Config(format!(
-                "linear probe: {name} features must be a nonempty [n, {}] set with one label \
-                 per vector (got dim {}, {} values, {} labels)",
-                train.dim,
-                f.dim,
-                f.values.len(),
-                f.len()
-            )));
-        }
-        if let Some(&l) = f.labels.iter().find(|&&l| usize::from(l) >= n_classes) {
-            return Err(Error::Config(format!(
-                "linear probe: {name} label {l} is not below the {n_classes} classes"
-            )));
-        }
-    }
-    let ok = cfg.steps > 0
-        && cfg.lr.is_finite()
-        && cfg.lr > 0.0
-        && cfg.weight_decay.is_finite()
-        && cfg.weight_decay >= 0.0;
-    if !ok {
+/// Errors with [`Error::Config`] unless `f` is a nonempty, unragged set of `dim`-vectors
+/// whose labels are below `n_classes`.
+fn check(name: &str, f: &Features, dim: usize, n_classes: usize) -> Result<()> {
+    if f.is_empty() || f.dim == 0 || f.values.len() != f.len() * f.dim || f.dim != dim {
         return Err(Error::Config(format!(
-            "linear probe: --probe-steps and --probe-lr must be positive and --probe-weight-decay \
-             finite and ≥ 0, got {cfg:?}"
+            "linear probe: {name} features must be a nonempty [n, {dim}] set with one label \
+             per vector (got dim {}, {} values, {} labels)",
+            f.dim,
+            f.values.len(),
+            f.len()
         )));
     }
-    let stats = moments(train);
-    let (x, x_test) = (standardized(train, &stats)?, standardized(test, &stats)?);
-    let (y, y_test) = (labels(train), labels(test));
-    let w = Tensor::zeros(&[train.dim, n_classes], DType::F32).requires_grad_(true)?;
-    let b = Tensor::zeros(&[n_classes], DType::F32).requires_grad_(true)?;
-    let mut opt = AdamW::new(
-        vec![ParamGroup::new(vec![w.clone(), b.clone()], cfg.weight_decay)],
-        AdamWConfig {
-            lr: cfg.lr,
-            ..AdamWConfig::default()
-        },
-    )?;
-    let schedule = CosineSchedule {
-        base_lr: cfg.lr,
-        min_lr: 0.0,
-        warmup: 0,
-        total: cfg.steps,
-    };
-    let logits = |x: &Tensor| -> Result<Tensor> { Ok(x.matmul(&w)?.add(&b)?) };
-    for step in 0..cfg.steps {
-        opt.set_lr(schedule.lr(step));
-        let loss = logits(&x)?.cross_entropy(&y, None, Reduction::Mean)?;
-        loss.backward()?;
-        opt.step()?;
-        opt.zero_grad();
+    match f.labels.iter().find(|&&l| usize::from(l) >= n_classes) {
+        Some(&l) => Err(Error::Config(format!(
+            "linear probe: {name} label {l} is not below the {n_classes} classes"
+        ))),
+        None => Ok(()),
     }
-    engine::no_grad(|| {
-        let train_logits = logits(&x)?;
-        Ok(ProbeResult {
-            train_accuracy: nn::accuracy(&train_logits, &y)?,
-            test_accuracy: nn::accuracy(&logits(&x_test)?, &y_test)?,
-            train_loss: train_logits
-                .cross_entropy(&y, None, Reduction::Mean)?
-                .item()?,
-        })
-    })
+}
+
+impl LinearProbe {
+    /// Train a linear classifier on `train` (each dimension standardized with the training
+    /// features' mean and standard deviation) by full-batch AdamW on the mean
+    /// cross-entropy, `W` and `b` starting at zero, the learning rate decayed by a cosine
+    /// from `cfg.lr` to 0 over `cfg.steps`. Deterministic: no random draw, and every op is
+    /// bit-reproducible at any thread count.
+    ///
+    /// Errors with [`Error::Config`] when the set is empty or ragged, a label is
+    /// `≥ n_classes`, or the settings are not finite and positive (steps, lr) or ≥ 0
+    /// (weight decay).
+    pub fn fit(train: &Features, n_classes: usize, cfg: &ProbeConfig) -> Result<LinearProbe> {
+        check("training", train, train.dim, n_classes)?;
+        let ok = cfg.steps > 0
+            && cfg.lr.is_finite()
+            && cfg.lr > 0.0
+            && cfg.weight_decay.is_finite()
+            && cfg.weight_decay >= 0.0;
+        if !ok {
+            return Err(Error::Config(format!(
+                "linear probe: --probe-steps and --probe-lr must be positive and \
+                 --probe-weight-decay finite and ≥ 0, got {cfg:?}"
+            )));
+        }
+        let moments = moments(train);
+        let (x, y) = (standardized(train, &moments)?, labels(train));
+        let w = Tensor::zeros(&[train.dim, n_classes], DType::F32).requires_grad_(true)?;
+        let b = Tensor::zeros(&[n_classes], DType::F32).requires_grad_(true)?;
+        let mut opt = AdamW::new(
+            vec![ParamGroup::new(
+                vec![w.clone(), b.clone()],
+                cfg.weight_decay,
+            )],
+            AdamWConfig {
+                lr: cfg.lr,
+                ..AdamWConfig::default()
+            },
+        )?;
+        let schedule = CosineSchedule {
+            base_lr: cfg.lr,
+            min_lr: 0.0,
+            warmup: 0,
+            total: cfg.steps,
+        };
+        let mut probe = LinearProbe {
+            w,
+            b,
+            moments,
+            n_classes,
+            train_accuracy: 0.0,
+            train_loss: 0.0,
+        };
+        for step in 0..cfg.steps {
+            opt.set_lr(schedule.lr(step));
+            let loss = probe.logits(&x)?.cross_entropy(&y, None, Reduction::Mean)?;
+            loss.backward()?;
+            opt.step()?;
+            opt.zero_grad();
+        }
+        let logits = engine::no_grad(|| probe.logits(&x))?;
+        probe.train_accuracy = nn::accuracy(&logits, &y)?;
+        probe.train_loss = logits.cross_entropy(&y, None, Reduction::Mean)?.item()?;
+        Ok(probe)
+    }
+
+    /// `x·W + b` for standardized features `x` `[n, dim]`.
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.w)?.add(&self.b)?)
+    }
+
+    /// The fraction of `f`'s vectors whose predicted class is their label, in [0, 1];
+    /// errors as [`LinearProbe::fit`] on a bad set or one of another dimension.
+    pub fn accuracy(&self, f: &Features) -> Result<f64> {
+        check("evaluated", f, self.moments.0.len(), self.n_classes)?;
+        let x = standardized(f, &self.moments)?;
+        let logits = engine::no_grad(|| self.logits(&x))?;
+        Ok(nn::accuracy(&logits, &labels(f))?)
+    }
 }
 
 #[cfg(test)]
@@ -212,22 +232,32 @@ mod tests {
             lr: 0.05,
             weight_decay: 0.0,
         };
-        let r = linear_probe(&train, &test, 3, &cfg).unwrap();
-        assert!(r.test_accuracy > 0.97 && r.train_accuracy > 0.97, "{r:?}");
-        assert!(r.train_loss < 0.2, "{r:?}");
-        assert_eq!(r, linear_probe(&train, &test, 3, &cfg).unwrap());
+        let probe = LinearProbe::fit(&train, 3, &cfg).unwrap();
+        let acc = probe.accuracy(&test).unwrap();
+        assert!(acc > 0.97 && probe.train_accuracy > 0.97, "{acc} {probe:?}");
+        assert!(probe.train_loss < 0.2, "{probe:?}");
+        let again = LinearProbe::fit(&train, 3, &cfg).unwrap();
+        assert_eq!(
+            (again.train_loss, again.accuracy(&test).unwrap()),
+            (probe.train_loss, acc)
+        );
 
         let bad = Features {
             dim: 4,
             ..test.clone()
         };
-        let e = linear_probe(&train, &bad, 3, &cfg).unwrap_err().to_string();
-        assert!(e.contains("test features must be a nonempty [n, 5] set"), "{e}");
-        let e = linear_probe(&train, &test, 2, &cfg).unwrap_err().to_string();
+        let e = probe.accuracy(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("evaluated features must be a nonempty [n, 5] set"),
+            "{e}"
+        );
+        let e = LinearProbe::fit(&test, 2, &cfg).unwrap_err().to_string();
         assert!(e.contains("label 2 is not below the 2 classes"), "{e}");
-        let e = linear_probe(&train, &test, 3, &ProbeConfig { lr: f64::NAN, ..cfg })
-            .unwrap_err()
-            .to_string();
+        let nan = ProbeConfig {
+            lr: f64::NAN,
+            ..cfg
+        };
+        let e = LinearProbe::fit(&train, 3, &nan).unwrap_err().to_string();
         assert!(e.contains("--probe-lr"), "{e}");
     }
 }

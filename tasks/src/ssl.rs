@@ -4,8 +4,10 @@
 //! probe on raw pixels and on the untrained encoder.
 
 use crate::images::{Epochs, Images};
-use crate::probe::{linear_probe, Features, ProbeConfig, ProbeResult};
-use crate::train::{above_zero, positive, seeded, Rngs, Setup, Task, TrainConfig, Variant};
+use crate::probe::{Features, LinearProbe, ProbeConfig};
+use crate::train::{
+    above_zero, load_run, positive, seeded, Rngs, Setup, Task, TrainConfig, Variant,
+};
 use crate::views::{plain, two_views, PixelStats, ViewAugment};
 use crate::vision::{self, saved_size, Splits, VisionArgs};
 use crate::{Error, Result};
@@ -128,6 +130,14 @@ impl SslConfig {
             init,
         )?)
     }
+
+    /// The model as a run of `train`'s seed initializes it (stream 0), in eval mode: the
+    /// untrained encoder of the probe's control.
+    pub fn untrained(&self, train: &TrainConfig, height: usize, width: usize) -> Result<SimClr> {
+        let model = self.model(train, height, width, &mut seeded(train.seed, 0))?;
+        model.eval();
+        Ok(model)
+    }
 }
 
 /// The `ssl` task: the image splits, their pixel statistics, the model and where the
@@ -168,18 +178,110 @@ fn pixels(images: &Images, stats: &PixelStats) -> Features {
     }
 }
 
-impl Ssl {
-    /// Train the linear probe on `model`'s features of the training split and test it.
-    fn probe(&self, model: &SimClr) -> Result<ProbeResult> {
-        let train = features(model, &self.splits.train, &self.stats)?;
-        let test = features(model, &self.splits.test, &self.stats)?;
-        linear_probe(
-            &train,
-            &test,
-            self.cfg.vision.n_classes,
-            &self.cfg.probe(),
-        )
+/// The linear probes of a SimCLR encoder and its controls: each trained on the training
+/// split's features ([`LinearProbe::fit`]), then scored on the validation split (the figure
+/// recipes are chosen on) and on the test split (the reported one).
+///
+/// Returns `test_accuracy`, `val_accuracy_probe` and `train_accuracy_probe` for `model`;
+/// with `untrained` (the encoder as its run initialized it) also the same probe on raw
+/// normalized pixels (`…_raw_pixels`) and on the untrained encoder (`…_random_encoder`),
+/// test and validation accuracy each. Prints a line per probe when `verbose`.
+pub fn probe_report(
+    model: &SimClr,
+    untrained: Option<&SimClr>,
+    splits: &Splits,
+    stats: &PixelStats,
+    cfg: &SslConfig,
+    verbose: bool,
+) -> Result<Vec<(String, f64)>> {
+    let n_classes = cfg.vision.n_classes;
+    let probe = |what: &str, f: &dyn Fn(&Images) -> Result<Features>| -> Result<[f64; 3]> {
+        let fitted = LinearProbe::fit(&f(&splits.train)?, n_classes, &cfg.probe())?;
+        let val = fitted.accuracy(&f(&splits.val)?)?;
+        let test = fitted.accuracy(&f(&splits.test)?)?;
+        if verbose {
+            eprintln!(
+                "linear probe on {what}: test accuracy {:.2}% (validation {:.2}%, train \
+                 {:.2}%, loss {:.4})",
+                100.0 * test,
+                100.0 * val,
+                100.0 * fitted.train_accuracy,
+                fitted.train_loss
+            );
+        }
+        Ok([test, val, fitted.train_accuracy])
+    };
+    let [test, val, train] = probe("the SimCLR encoder", &|i| features(model, i, stats))?;
+    let mut out = vec![
+        ("test_accuracy".to_string(), test),
+        ("val_accuracy_probe".to_string(), val),
+        ("train_accuracy_probe".to_string(), train),
+    ];
+    if let Some(untrained) = untrained {
+        let [test, val, _] = probe("raw pixels", &|i| Ok(pixels(i, stats)))?;
+        out.push(("test_accuracy_raw_pixels".into(), test));
+        out.push(("val_accuracy_raw_pixels".into(), val));
+        let random = |i: &Images| features(untrained, i, stats);
+        let [test, val, _] = probe("the untrained encoder", &random)?;
+        out.push(("test_accuracy_random_encoder".into(), test));
+        out.push(("val_accuracy_random_encoder".into(), val));
     }
+    Ok(out)
+}
+
+/// The probe settings of `ssl probe`, each the saved run's when not given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, clap::Args)]
+pub struct ProbeArgs {
+    /// Full-batch AdamW steps of the probe [default: the run's].
+    #[arg(long)]
+    pub probe_steps: Option<usize>,
+    /// Peak learning rate of the probe, decayed to 0 by a cosine [default: the run's].
+    #[arg(long)]
+    pub probe_lr: Option<f64>,
+    /// Weight decay of the probe [default: the run's].
+    #[arg(long)]
+    pub probe_weight_decay: Option<f64>,
+}
+
+/// The probes of [`probe_report`] for the encoder saved in run directory `dir`, with the
+/// run's probe settings overridden by `probe` (`ssl probe --from DIR`): the data is loaded
+/// from the run's `--data` (not fetched), and the untrained encoder (with `controls`) is
+/// rebuilt from the run's seed. Errors as [`load_run`], the settings' checks and the data's.
+pub fn probe_run(
+    dir: &Path,
+    probe: ProbeArgs,
+    controls: bool,
+    verbose: bool,
+) -> Result<Vec<(String, f64)>> {
+    let run = load_run::<Ssl>(dir)?;
+    let saved = run.task;
+    let cfg = SslConfig {
+        probe_steps: probe.probe_steps.unwrap_or(saved.probe_steps),
+        probe_lr: probe.probe_lr.unwrap_or(saved.probe_lr),
+        probe_weight_decay: probe.probe_weight_decay.unwrap_or(saved.probe_weight_decay),
+        ..saved
+    };
+    Ssl::validate(&cfg, &run.train)?;
+    let setup = Setup {
+        train: &run.train,
+        saved: None,
+        fetch: false,
+        verbose,
+    };
+    let (splits, _) = cfg.vision.load(setup, cfg.batch_size, 2)?;
+    let stats = PixelStats::of(&splits.train);
+    let (h, w) = (splits.train.height, splits.train.width);
+    let untrained = controls
+        .then(|| cfg.untrained(&run.train, h, w))
+        .transpose()?;
+    probe_report(
+        &run.model,
+        untrained.as_ref(),
+        &splits,
+        &stats,
+        &cfg,
+        verbose,
+    )
 }
 
 impl Task for Ssl {
@@ -217,7 +319,10 @@ impl Task for Ssl {
             ("--proj-dim", cfg.proj_dim),
             ("--probe-steps", cfg.probe_steps),
         ])?;
-        above_zero(&[("--temperature", cfg.temperature), ("--probe-lr", cfg.probe_lr)])?;
+        above_zero(&[
+            ("--temperature", cfg.temperature),
+            ("--probe-lr", cfg.probe_lr),
+        ])?;
         if !(cfg.probe_weight_decay.is_finite() && cfg.probe_weight_decay >= 0.0) {
             return Err(Error::Config(format!(
                 "--probe-weight-decay must be finite and ≥ 0, got {}",
@@ -291,7 +396,13 @@ impl Task for Ssl {
         let b = self.cfg.batch_size;
         let train = &self.splits.train;
         let idx = self.epochs.next(b);
-        let x = two_views(train, idx, &self.cfg.augment(), &self.stats, &mut rngs.batch)?;
+        let x = two_views(
+            train,
+            idx,
+            &self.cfg.augment(),
+            &self.stats,
+            &mut rngs.batch,
+        )?;
         let x = Tensor::from_vec(x, &[2 * b, 1, train.height, train.width])?;
         let z = self.model.forward(&x, &mut rngs.dropout)?;
         let (logits, targets) = nt_xent_logits(&z, self.cfg.temperature)?;
@@ -347,10 +458,8 @@ impl Task for Ssl {
             || name == "projection.proj"
     }
 
-    /// The linear probe on the trained encoder's features (`test_accuracy`,
-    /// `train_accuracy_probe`), and with `--controls` the same probe on raw pixels
-    /// (`test_accuracy_raw_pixels`) and on the encoder as initialized by this run's seed
-    /// (`test_accuracy_random_encoder`).
+    /// The probes of [`probe_report`]: on the trained encoder, and with `--controls` on raw
+    /// pixels and on the encoder as this run's seed initialized it.
     fn finish(
         &mut self,
         _out: &Path,
@@ -359,40 +468,17 @@ impl Task for Ssl {
     ) -> Result<Vec<(String, f64)>> {
         self.model.eval();
         self.model.set_record_entropy(false);
-        let say = |what: &str, r: &ProbeResult| {
-            if verbose {
-                eprintln!(
-                    "linear probe on {what}: test accuracy {:.2}% (train {:.2}%, loss {:.4})",
-                    100.0 * r.test_accuracy,
-                    100.0 * r.train_accuracy,
-                    r.train_loss
-                );
-            }
-        };
-        let probe = self.probe(&self.model)?;
-        say("the SimCLR encoder", &probe);
-        let mut out = vec![
-            ("test_accuracy".to_string(), probe.test_accuracy),
-            ("train_accuracy_probe".to_string(), probe.train_accuracy),
-        ];
-        if self.cfg.controls {
-            let s = &self.splits;
-            let raw = linear_probe(
-                &pixels(&s.train, &self.stats),
-                &pixels(&s.test, &self.stats),
-                self.cfg.vision.n_classes,
-                &self.cfg.probe(),
-            )?;
-            say("raw pixels", &raw);
-            let (h, w) = (s.train.height, s.train.width);
-            let init = &mut seeded(self.train_cfg.seed, 0);
-            let untrained = self.cfg.model(&self.train_cfg, h, w, init)?;
-            untrained.eval();
-            let random = self.probe(&untrained)?;
-            say("the untrained encoder", &random);
-            out.push(("test_accuracy_raw_pixels".into(), raw.test_accuracy));
-            out.push(("test_accuracy_random_encoder".into(), random.test_accuracy));
-        }
-        Ok(out)
+        let (h, w) = (self.splits.train.height, self.splits.train.width);
+        let untrained = (self.cfg.controls)
+            .then(|| self.cfg.untrained(&self.train_cfg, h, w))
+            .transpose()?;
+        probe_report(
+            &self.model,
+            untrained.as_ref(),
+            &self.splits,
+            &self.stats,
+            &self.cfg,
+            verbose,
+        )
     }
 }

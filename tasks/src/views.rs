@@ -65,7 +65,11 @@ impl ViewAugment {
     pub fn validate(&self) -> Result<()> {
         let unit = |x: f64| (0.0..=1.0).contains(&x);
         let checks = [
-            ("--crop-min", self.crop_min, self.crop_min > 0.0 && self.crop_min <= 1.0),
+            (
+                "--crop-min",
+                self.crop_min,
+                self.crop_min > 0.0 && self.crop_min <= 1.0,
+            ),
             ("--jitter", self.jitter, unit(self.jitter)),
             ("--brightness", self.brightness, unit(self.brightness)),
             ("--contrast", self.contrast, unit(self.contrast)),
@@ -159,7 +163,10 @@ impl PixelStats {
 
     /// `(v / 255 − mean) / std` for intensities `v` in [0, 255].
     fn apply(&self, img: &mut [f32]) {
-        let (m, k) = ((255.0 * self.mean) as f32, (1.0 / (255.0 * self.std)) as f32);
+        let (m, k) = (
+            (255.0 * self.mean) as f32,
+            (1.0 / (255.0 * self.std)) as f32,
+        );
         for v in img {
             *v = (*v - m) * k;
         }
@@ -286,17 +293,31 @@ mod tests {
         let stats = PixelStats::of(&img);
         let idx = [4, 0, 2];
         let make = |seed: u64| {
-            two_views(&img, &idx, &AUG, &stats, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap()
+            two_views(
+                &img,
+                &idx,
+                &AUG,
+                &stats,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            )
+            .unwrap()
         };
         let a = make(1);
         assert_eq!(a.len(), 2 * 3 * 12 * 10);
         assert!(a.iter().all(|v| v.is_finite()));
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         assert_eq!(a, one.install(|| make(1)), "depends on the thread count");
         assert_ne!(a, make(2));
         let m = 12 * 10;
         for i in 0..3 {
-            assert_ne!(a[i * m..(i + 1) * m], a[(3 + i) * m..(4 + i) * m], "view pair {i}");
+            assert_ne!(
+                a[i * m..(i + 1) * m],
+                a[(3 + i) * m..(4 + i) * m],
+                "view pair {i}"
+            );
         }
     }
 
@@ -323,8 +344,15 @@ mod tests {
         assert!(close(&v[..p.len()], &p) && close(&v[p.len()..], &p));
         let n = p.len() as f64;
         let mean = p.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-        let var = p.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n;
-        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "{mean} {var}");
+        let var = p
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!(
+            mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4,
+            "{mean} {var}"
+        );
     }
 
     #[test]
@@ -337,15 +365,33 @@ mod tests {
             assert!((0.6..=1.4).contains(&d.brightness) && (0.6..=1.4).contains(&d.contrast));
         }
         for (bad, flag) in [
-            (ViewAugment { crop_min: 0.0, ..AUG }, "--crop-min must be in (0, 1]"),
-            (ViewAugment { jitter: 1.5, ..AUG }, "--jitter must be in [0, 1]"),
-            (ViewAugment { blur: f64::NAN, ..AUG }, "--blur must be in [0, 1]"),
+            (
+                ViewAugment {
+                    crop_min: 0.0,
+                    ..AUG
+                },
+                "--crop-min must be in (0, 1]",
+            ),
+            (
+                ViewAugment { jitter: 1.5, ..AUG },
+                "--jitter must be in [0, 1]",
+            ),
+            (
+                ViewAugment {
+                    blur: f64::NAN,
+                    ..AUG
+                },
+                "--blur must be in [0, 1]",
+            ),
         ] {
             let e = bad.validate().unwrap_err().to_string();
             assert!(e.contains(flag), "{e}");
         }
         let img = images(2, 4, 4);
         let e = two_views(&img, &[2], &AUG, &PixelStats::of(&img), &mut rng).unwrap_err();
-        assert!(e.to_string().contains("view of image 2: only 2 images"), "{e}");
+        assert!(
+            e.to_string().contains("view of image 2: only 2 images"),
+            "{e}"
+        );
     }
 }

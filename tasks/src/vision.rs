@@ -5,7 +5,9 @@
 
 use crate::fetch::Fetchable;
 use crate::images::{load_dir, Epochs, Images};
-use crate::train::{check_memory, check_transformer, positive, product, seeded, Setup, TrainConfig};
+use crate::train::{
+    check_memory, check_transformer, positive, product, seeded, Setup, TrainConfig,
+};
 use crate::{Error, Result};
 use nn::{Pooling, VitConfig};
 use serde::{Deserialize, Serialize};

@@ -8,12 +8,12 @@ use nn::{Checkpoint, ModuleExt};
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use tasks::classification::{Classification, ClassificationConfig};
-use tasks::vision::VisionArgs;
 use tasks::images::load_dir;
 use tasks::train::{
     load_run, Outcome, RunOptions, RunSummary, Task, TrainConfig, Variant, CHECKPOINT_FILE,
     METRICS_FILE, SUMMARY_FILE,
 };
+use tasks::vision::VisionArgs;
 use tasks::Error;
 
 mod common;
@@ -197,10 +197,16 @@ fn bad_settings_and_data_are_refused_naming_the_flag_or_file() {
             "--train-images 900 exceeds the 800",
         ),
         (with(&|c| c.batch_size = 0), "--batch-size"),
-        (with(&|c| c.vision.n_classes = 1), "--n-classes must be in 2..=256"),
+        (
+            with(&|c| c.vision.n_classes = 1),
+            "--n-classes must be in 2..=256",
+        ),
         // Fashion-MNIST's labels go up to 9.
         (with(&|c| c.vision.n_classes = 5), "label"),
-        (with(&|c| c.vision.dropout = 1.0), "--dropout must be in [0, 1)"),
+        (
+            with(&|c| c.vision.dropout = 1.0),
+            "--dropout must be in [0, 1)",
+        ),
     ] {
         let err = config_error(cfg, &out);
         assert!(err.contains(want), "want {want:?} in: {err}");

@@ -3,7 +3,7 @@
 //! images of Fashion-MNIST, Xiao, Rasul and Vollgraf 2017, MIT license).
 
 use std::path::{Path, PathBuf};
-use tasks::ssl::{Ssl, SslConfig};
+use tasks::ssl::{probe_run, ProbeArgs, Ssl, SslConfig};
 use tasks::train::{load_run, run, Outcome, Task, TrainConfig, Variant, METRICS_FILE};
 use tasks::vision::VisionArgs;
 
@@ -58,14 +58,23 @@ fn short_pretraining_lowers_the_loss_and_the_probe_beats_chance() {
         let recs = tasks::metrics::read_records(&out.join(METRICS_FILE)).unwrap();
         let losses: Vec<f64> = recs.iter().filter_map(|r| r["loss"].as_f64()).collect();
         // 64 views: a uniform softmax over the 63 others gives ln 63 = 4.14 nats.
-        assert!((losses[0] - 63f64.ln()).abs() < 0.3, "initial loss {}", losses[0]);
+        assert!(
+            (losses[0] - 63f64.ln()).abs() < 0.3,
+            "initial loss {}",
+            losses[0]
+        );
         let tail = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
         assert!(tail < losses[0] - 0.2, "{variant:?}: {losses:?}");
         let val: Vec<f64> = recs.iter().filter_map(|r| r["val_loss"].as_f64()).collect();
-        assert!(val[val.len() - 1] < val[0] - 0.05, "{variant:?}: val {val:?}");
+        assert!(
+            val[val.len() - 1] < val[0] - 0.05,
+            "{variant:?}: val {val:?}"
+        );
         for key in [
             "test_accuracy",
+            "val_accuracy_probe",
             "test_accuracy_raw_pixels",
+            "val_accuracy_raw_pixels",
             "test_accuracy_random_encoder",
         ] {
             let acc = summary.metric(key).unwrap();
@@ -94,9 +103,28 @@ fn interrupted_and_resumed_equals_uninterrupted_bit_for_bit() {
         whole.metric("test_accuracy"),
         resumed.metric("test_accuracy")
     );
-    // A saved run loads for inference, without a head.
+    // A saved run loads for inference, without a head, and `ssl probe` on it gives the
+    // run's own probe accuracies; other probe settings give other figures.
     let loaded = load_run::<Ssl>(&a).unwrap();
     assert_eq!(loaded.model.encoder().config().n_classes, 0);
+    let again = probe_run(&a, ProbeArgs::default(), false, false).unwrap();
+    let get = |m: &[(String, f64)], k: &str| m.iter().find(|e| e.0 == k).map(|e| e.1);
+    for k in [
+        "test_accuracy",
+        "val_accuracy_probe",
+        "train_accuracy_probe",
+    ] {
+        assert_eq!(get(&again, k), whole.metric(k), "{k}");
+    }
+    let short = ProbeArgs {
+        probe_steps: Some(3),
+        ..ProbeArgs::default()
+    };
+    let short = probe_run(&a, short, false, false).unwrap();
+    assert_ne!(
+        get(&short, "train_accuracy_probe"),
+        whole.metric("train_accuracy_probe")
+    );
     std::fs::remove_dir_all(&a).unwrap();
     std::fs::remove_dir_all(&b).unwrap();
 }
