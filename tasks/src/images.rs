@@ -397,14 +397,14 @@ impl Epochs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::idx::tests::{gzip, idx_bytes, TempDir};
     use rand::SeedableRng;
 
     /// `n` images of `h × w` with pixel `(k, y, x) = (k·31 + y·w + x)·7 mod 256` and labels
     /// `k mod 10`.
-    fn images(n: usize, h: usize, w: usize) -> Images {
+    pub(crate) fn images(n: usize, h: usize, w: usize) -> Images {
         Images {
             height: h,
             width: w,

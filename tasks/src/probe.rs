@@ -5,10 +5,14 @@ use crate::{Error, Result};
 use engine::{DType, Reduction, Tensor};
 use nn::{AdamW, AdamWConfig, CosineSchedule, Optimizer, ParamGroup};
 
+/// Steps between the validation checks of [`LinearProbe::fit`].
+pub const SELECT_EVERY: usize = 50;
+
 /// How the probe is trained.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProbeConfig {
-    /// Full-batch AdamW steps.
+    /// Full-batch AdamW steps (the probe kept is the best on validation among every
+    /// [`SELECT_EVERY`]-th step and the last).
     pub steps: usize,
     /// Peak learning rate, decayed to 0 by a cosine.
     pub lr: f64,
@@ -47,9 +51,13 @@ pub struct LinearProbe {
     /// Per-dimension mean and standard deviation of the training features.
     moments: (Vec<f64>, Vec<f64>),
     n_classes: usize,
-    /// Accuracy on the training features at the end, in [0, 1].
+    /// The step (1-based) whose weights were kept: the best on validation.
+    pub step: usize,
+    /// Accuracy of the kept weights on the validation features, in [0, 1].
+    pub val_accuracy: f64,
+    /// Accuracy of the kept weights on the training features, in [0, 1].
     pub train_accuracy: f64,
-    /// Mean cross-entropy on the training features at the end (nats).
+    /// Mean cross-entropy of the kept weights on the training features (nats).
     pub train_loss: f64,
 }
 
@@ -123,14 +131,23 @@ impl LinearProbe {
     /// Train a linear classifier on `train` (each dimension standardized with the training
     /// features' mean and standard deviation) by full-batch AdamW on the mean
     /// cross-entropy, `W` and `b` starting at zero, the learning rate decayed by a cosine
-    /// from `cfg.lr` to 0 over `cfg.steps`. Deterministic: no random draw, and every op is
-    /// bit-reproducible at any thread count.
+    /// from `cfg.lr` to 0 over `cfg.steps`; every [`SELECT_EVERY`] steps and at the last,
+    /// score it on `val` and keep the best weights (early stopping on held-out data, the
+    /// first of equal scores: the probe's only regularization besides `weight_decay`, so
+    /// that every feature set gets the same, fair selection). Deterministic: no random
+    /// draw, and every op is bit-reproducible at any thread count.
     ///
-    /// Errors with [`Error::Config`] when the set is empty or ragged, a label is
-    /// `≥ n_classes`, or the settings are not finite and positive (steps, lr) or ≥ 0
-    /// (weight decay).
-    pub fn fit(train: &Features, n_classes: usize, cfg: &ProbeConfig) -> Result<LinearProbe> {
+    /// Errors with [`Error::Config`] when a set is empty or ragged, the two differ in
+    /// dimension, a label is `≥ n_classes`, or the settings are not finite and positive
+    /// (steps, lr) or ≥ 0 (weight decay).
+    pub fn fit(
+        train: &Features,
+        val: &Features,
+        n_classes: usize,
+        cfg: &ProbeConfig,
+    ) -> Result<LinearProbe> {
         check("training", train, train.dim, n_classes)?;
+        check("validation", val, train.dim, n_classes)?;
         let ok = cfg.steps > 0
             && cfg.lr.is_finite()
             && cfg.lr > 0.0
@@ -167,15 +184,29 @@ impl LinearProbe {
             b,
             moments,
             n_classes,
+            step: 0,
+            val_accuracy: f64::NEG_INFINITY,
             train_accuracy: 0.0,
             train_loss: 0.0,
         };
-        for step in 0..cfg.steps {
-            opt.set_lr(schedule.lr(step));
+        let mut best: Option<(Vec<f32>, Vec<f32>)> = None;
+        for step in 1..=cfg.steps {
+            opt.set_lr(schedule.lr(step - 1));
             let loss = probe.logits(&x)?.cross_entropy(&y, None, Reduction::Mean)?;
             loss.backward()?;
             opt.step()?;
             opt.zero_grad();
+            if step % SELECT_EVERY == 0 || step == cfg.steps {
+                let acc = probe.accuracy(val)?;
+                if acc > probe.val_accuracy {
+                    (probe.step, probe.val_accuracy) = (step, acc);
+                    best = Some((probe.w.to_vec()?, probe.b.to_vec()?));
+                }
+            }
+        }
+        if let Some((w, b)) = best {
+            probe.w = Tensor::from_vec(w, &[train.dim, n_classes])?;
+            probe.b = Tensor::from_vec(b, &[n_classes])?;
         }
         let logits = engine::no_grad(|| probe.logits(&x))?;
         probe.train_accuracy = nn::accuracy(&logits, &y)?;
@@ -226,17 +257,22 @@ mod tests {
                 labels,
             }
         };
-        let (train, test) = (make(300), make(90));
+        let (train, val, test) = (make(300), make(60), make(90));
         let cfg = ProbeConfig {
             steps: 200,
             lr: 0.05,
             weight_decay: 0.0,
         };
-        let probe = LinearProbe::fit(&train, 3, &cfg).unwrap();
+        let probe = LinearProbe::fit(&train, &val, 3, &cfg).unwrap();
         let acc = probe.accuracy(&test).unwrap();
         assert!(acc > 0.97 && probe.train_accuracy > 0.97, "{acc} {probe:?}");
         assert!(probe.train_loss < 0.2, "{probe:?}");
-        let again = LinearProbe::fit(&train, 3, &cfg).unwrap();
+        // Kept: a step checked on validation, with the best score seen.
+        assert!(
+            probe.step % SELECT_EVERY == 0 && probe.val_accuracy > 0.97,
+            "{probe:?}"
+        );
+        let again = LinearProbe::fit(&train, &val, 3, &cfg).unwrap();
         assert_eq!(
             (again.train_loss, again.accuracy(&test).unwrap()),
             (probe.train_loss, acc)
@@ -251,13 +287,17 @@ mod tests {
             e.contains("evaluated features must be a nonempty [n, 5] set"),
             "{e}"
         );
-        let e = LinearProbe::fit(&test, 2, &cfg).unwrap_err().to_string();
+        let e = LinearProbe::fit(&test, &val, 2, &cfg)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("label 2 is not below the 2 classes"), "{e}");
         let nan = ProbeConfig {
             lr: f64::NAN,
             ..cfg
         };
-        let e = LinearProbe::fit(&train, 3, &nan).unwrap_err().to_string();
+        let e = LinearProbe::fit(&train, &val, 3, &nan)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--probe-lr"), "{e}");
     }
 }

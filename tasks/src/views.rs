@@ -265,16 +265,8 @@ fn render(src: &GrayImage, d: &ViewDraw, dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::tests::images;
     use rand::SeedableRng;
-
-    fn images(n: usize, h: usize, w: usize) -> Images {
-        Images {
-            height: h,
-            width: w,
-            pixels: (0..n * h * w).map(|i| ((i * 37) % 256) as u8).collect(),
-            labels: vec![0; n],
-        }
-    }
 
     const AUG: ViewAugment = ViewAugment {
         crop_min: 0.3,
