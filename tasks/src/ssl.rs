@@ -152,8 +152,10 @@ pub struct Ssl {
     epochs: Epochs,
 }
 
-/// The pooled encoder features of every image of `images`, not augmented, in eval mode.
+/// The pooled encoder features of every image of `images`, not augmented, by `model` in
+/// eval mode (entropy recording is turned off).
 fn features(model: &SimClr, images: &Images, stats: &PixelStats) -> Result<Features> {
+    model.set_record_entropy(false);
     let all: Vec<usize> = (0..images.len()).collect();
     let mut values = Vec::new();
     let rng = &mut seeded(0, 2);
@@ -312,11 +314,11 @@ impl Task for Ssl {
         .simplified_for_sigma_reparam(0.1)
     }
 
-    /// The flags of [`VisionArgs::validate`], positive batch and projection sizes, a
-    /// temperature finite and > 0, the augmentation's ranges and the probe's settings.
+    /// The flags of [`VisionArgs::validate`], at least 2 images per batch and held out,
+    /// positive projection sizes, a temperature finite and > 0, the augmentation's ranges
+    /// and the probe's settings.
     fn validate(cfg: &SslConfig, _train: &TrainConfig) -> Result<()> {
         positive(&[
-            ("--batch-size", cfg.batch_size),
             ("--proj-hidden", cfg.proj_hidden),
             ("--proj-dim", cfg.proj_dim),
             ("--probe-steps", cfg.probe_steps),
@@ -325,6 +327,17 @@ impl Task for Ssl {
             ("--temperature", cfg.temperature),
             ("--probe-lr", cfg.probe_lr),
         ])?;
+        for (flag, n) in [
+            ("--batch-size", cfg.batch_size),
+            ("--val-images", cfg.vision.val_images),
+        ] {
+            if n < 2 {
+                return Err(Error::Config(format!(
+                    "{flag} must be at least 2 (NT-Xent contrasts each image's views with \
+                     another image's), got {n}"
+                )));
+            }
+        }
         if !(cfg.probe_weight_decay.is_finite() && cfg.probe_weight_decay >= 0.0) {
             return Err(Error::Config(format!(
                 "--probe-weight-decay must be finite and ≥ 0, got {}",
@@ -469,7 +482,6 @@ impl Task for Ssl {
         verbose: bool,
     ) -> Result<Vec<(String, f64)>> {
         self.model.eval();
-        self.model.set_record_entropy(false);
         let (h, w) = (self.splits.train.height, self.splits.train.width);
         let untrained = (self.cfg.controls)
             .then(|| self.cfg.untrained(&self.train_cfg, h, w))

@@ -604,14 +604,17 @@ fn a_directory_holding_a_run_is_refused_unless_overwrite() {
         std::fs::read(out.join(CHECKPOINT_FILE)).unwrap(),
         checkpoint
     );
-    let again = run(
-        Some(tiny(Variant::PreLn, 10)),
-        &RunOptions {
-            overwrite: true,
-            ..opts(&out)
-        },
-    )
-    .unwrap();
+    // A replacing run that ends before its first checkpoint leaves none of the old run's
+    // behind to resume.
+    let diverging = train_with(tiny(Variant::PreLn, 10), |t| t.max_loss = 1e-6);
+    let overwrite = RunOptions {
+        overwrite: true,
+        ..opts(&out)
+    };
+    let replaced = run(Some(diverging), &overwrite).unwrap();
+    assert!(matches!(replaced.outcome, Outcome::Diverged { .. }));
+    assert!(!out.join(CHECKPOINT_FILE).exists());
+    let again = run(Some(tiny(Variant::PreLn, 10)), &overwrite).unwrap();
     assert_eq!(again.steps, 10);
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -3,6 +3,7 @@
 //! images of Fashion-MNIST, Xiao, Rasul and Vollgraf 2017, MIT license).
 
 use std::path::{Path, PathBuf};
+use tasks::classification::{Classification, ClassificationConfig};
 use tasks::ssl::{probe_run, ProbeArgs, Ssl, SslConfig};
 use tasks::train::{load_run, run, Outcome, Task, TrainConfig, Variant, METRICS_FILE};
 use tasks::vision::VisionArgs;
@@ -57,9 +58,11 @@ fn short_pretraining_lowers_the_loss_and_the_probe_beats_chance() {
         assert_eq!(summary.outcome, Outcome::Completed);
         let recs = tasks::metrics::read_records(&out.join(METRICS_FILE)).unwrap();
         let losses: Vec<f64> = recs.iter().filter_map(|r| r["loss"].as_f64()).collect();
-        // 64 views: a uniform softmax over the 63 others gives ln 63 = 4.14 nats.
+        // 64 views: a uniform softmax over the 63 others gives ln 63 = 4.14 nats; an
+        // untrained encoder already maps a view nearer its positive than chance, a little.
+        let uniform = 63f64.ln();
         assert!(
-            (losses[0] - 63f64.ln()).abs() < 0.3,
+            losses[0] < uniform + 0.05 && losses[0] > uniform - 0.6,
             "initial loss {}",
             losses[0]
         );
@@ -152,6 +155,14 @@ fn bad_settings_are_refused_naming_the_flag() {
         ),
         (with(&|c| c.batch_size = 900), "--batch-size 900 exceeds"),
         (
+            with(&|c| c.batch_size = 1),
+            "--batch-size must be at least 2",
+        ),
+        (
+            with(&|c| c.vision.val_images = 1),
+            "--val-images must be at least 2",
+        ),
+        (
             with(&|c| c.vision.patch_size = 5),
             "--patch-size 5 must divide the image height and width (28×28)",
         ),
@@ -161,5 +172,24 @@ fn bad_settings_are_refused_naming_the_flag() {
             Ok(s) => panic!("expected an error for {want:?}, got {s:?}"),
         }
     }
+    // Another program's run is named as such by `ssl probe` and `--resume`.
+    let cls = common::tmp("ssl", "classification-run");
+    let mut c = ClassificationConfig::new(slice());
+    c.batch_size = 16;
+    c.vision = VisionArgs {
+        d_model: 16,
+        n_layers: 1,
+        n_heads: 2,
+        val_images: 200,
+        ..c.vision
+    };
+    let t = TrainConfig {
+        steps: 2,
+        ..Classification::defaults(Variant::PreLn)
+    };
+    run::<Classification>(Some((t, c)), &opts(&cls)).unwrap();
+    let e = probe_run(&cls, ProbeArgs::default(), false, false).unwrap_err();
+    assert!(e.to_string().contains("is not a run of ssl"), "{e}");
     let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&cls);
 }

@@ -36,6 +36,7 @@ struct Cli {
 enum Command {
     /// Train linear probes on the frozen encoder of a saved run (and its controls) and
     /// print their accuracies as one JSON object, without training the encoder.
+    #[command(allow_negative_numbers = true)]
     Probe {
         /// The --out directory of an ssl run (its checkpoint.safetensors).
         #[arg(long, value_name = "DIR")]

@@ -36,8 +36,9 @@ pub(super) fn read_checkpoint<T: Task>(path: &Path) -> Result<Saved<T::Config>> 
     let ckpt = Checkpoint::load(path).map_err(nn::Error::from)?;
     let bad = |e: serde_json::Error| {
         Error::Data(format!(
-            "checkpoint {} has a bad config: {e}",
-            path.display()
+            "checkpoint {} is not a run of {}, or its settings are damaged: {e}",
+            path.display(),
+            T::NAME
         ))
     };
     let state: SavedState = serde_json::from_str(&ckpt.config).map_err(bad)?;

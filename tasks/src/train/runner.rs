@@ -240,6 +240,19 @@ fn open<T: Task>(cfg: Option<(TrainConfig, T::Config)>, opts: &RunOptions) -> Re
         };
         let tr = Trainer::<T>::new(train.clone(), cfg, setup)?;
         std::fs::create_dir_all(&opts.out).map_err(io_err(&opts.out))?;
+        if opts.overwrite {
+            // The replaced run's checkpoint and summary must not outlive it: a new run that
+            // stops before its first checkpoint would otherwise resume (or be probed as) the
+            // old one.
+            for path in [ckpt_path, opts.out.join(SUMMARY_FILE)] {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io_err(&path)(e))
+                    }
+                    _ => {}
+                }
+            }
+        }
         let log = MetricsLog::create(&metrics_path)?;
         return Ok(Opened::Ready {
             tr: Box::new(tr),
