@@ -196,7 +196,7 @@ impl LinearProbe {
             loss.backward()?;
             opt.step()?;
             opt.zero_grad();
-            if step % SELECT_EVERY == 0 || step == cfg.steps {
+            if step.is_multiple_of(SELECT_EVERY) || step == cfg.steps {
                 let acc = probe.accuracy(val)?;
                 if acc > probe.val_accuracy {
                     (probe.step, probe.val_accuracy) = (step, acc);
@@ -269,7 +269,7 @@ mod tests {
         assert!(probe.train_loss < 0.2, "{probe:?}");
         // Kept: a step checked on validation, with the best score seen.
         assert!(
-            probe.step % SELECT_EVERY == 0 && probe.val_accuracy > 0.97,
+            probe.step.is_multiple_of(SELECT_EVERY) && probe.val_accuracy > 0.97,
             "{probe:?}"
         );
         let again = LinearProbe::fit(&train, &val, 3, &cfg).unwrap();
