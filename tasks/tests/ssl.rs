@@ -176,13 +176,7 @@ fn bad_settings_are_refused_naming_the_flag() {
     let cls = common::tmp("ssl", "classification-run");
     let mut c = ClassificationConfig::new(slice());
     c.batch_size = 16;
-    c.vision = VisionArgs {
-        d_model: 16,
-        n_layers: 1,
-        n_heads: 2,
-        val_images: 200,
-        ..c.vision
-    };
+    c.vision = tiny(Variant::PreLn, 2).1.vision;
     let t = TrainConfig {
         steps: 2,
         ..Classification::defaults(Variant::PreLn)
