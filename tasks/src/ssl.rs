@@ -6,13 +6,13 @@
 use crate::images::{Epochs, Images};
 use crate::probe::{Features, LinearProbe, ProbeConfig};
 use crate::train::{
-    above_zero, load_run, positive, seeded, Rngs, Setup, Task, TrainConfig, Variant,
+    above_zero, at_least_zero, load_run, positive, seeded, Rngs, Setup, Task, TrainConfig, Variant,
 };
 use crate::views::{plain, two_views, PixelStats, ViewAugment};
 use crate::vision::{self, saved_size, Splits, VisionArgs};
 use crate::{Error, Result};
 use engine::{no_grad, DType, Reduction, Tensor};
-use nn::simclr::nt_xent_logits;
+use nn::simclr::{nt_xent, nt_xent_logits};
 use nn::{ModuleExt, SimClr};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 /// Images per forward pass when extracting features (no graph is kept).
 const FEATURE_BATCH: usize = 500;
-/// Validation images whose views give `val_loss` and `val_contrastive_accuracy` at each evaluation.
+/// Validation images whose views give `val_loss` and `val_contrastive_accuracy` at each
+/// evaluation.
 const VAL_IMAGES: usize = 1024;
 /// Seed (stream 1) of the validation views: the same views at every evaluation and in
 /// every run, so that curves compare.
@@ -338,12 +339,7 @@ impl Task for Ssl {
                 )));
             }
         }
-        if !(cfg.probe_weight_decay.is_finite() && cfg.probe_weight_decay >= 0.0) {
-            return Err(Error::Config(format!(
-                "--probe-weight-decay must be finite and ≥ 0, got {}",
-                cfg.probe_weight_decay
-            )));
-        }
+        at_least_zero(&[("--probe-weight-decay", cfg.probe_weight_decay)])?;
         cfg.augment().validate()?;
         cfg.vision.validate()
     }
@@ -420,13 +416,13 @@ impl Task for Ssl {
         )?;
         let x = Tensor::from_vec(x, &[2 * b, 1, train.height, train.width])?;
         let z = self.model.forward(&x, &mut rngs.dropout)?;
-        let (logits, targets) = nt_xent_logits(&z, self.cfg.temperature)?;
-        Ok(logits.cross_entropy(&targets, None, Reduction::Mean)?)
+        Ok(nt_xent(&z, self.cfg.temperature)?)
     }
 
     /// On two fixed views of each of the first [`VAL_IMAGES`] validation images, in
     /// batches of `--batch-size` images: `val_loss` (NT-Xent, nats per view) and
-    /// `val_contrastive_accuracy`, the fraction of views whose most similar other view is their positive.
+    /// `val_contrastive_accuracy`, the fraction of views whose most similar other view is
+    /// their positive.
     fn evaluate(&mut self, rngs: &mut Rngs) -> Result<Vec<(&'static str, f64)>> {
         let val = &self.splits.val;
         let all: Vec<usize> = (0..val.len().min(VAL_IMAGES)).collect();
@@ -440,12 +436,8 @@ impl Task for Ssl {
             loss += logits
                 .cross_entropy(&targets, None, Reduction::Sum)?
                 .item()?;
-            hits += logits
-                .argmax(1)?
-                .iter()
-                .zip(&targets)
-                .filter(|(p, t)| p == t)
-                .count();
+            // hits / n · n, rounded: the exact count.
+            hits += (nn::accuracy(&logits, &targets)? * targets.len() as f64).round() as usize;
             count += targets.len();
         }
         let count = count.max(1) as f64;

@@ -151,7 +151,7 @@ fn bad_settings_are_refused_naming_the_flag() {
         (with(&|c| c.probe_lr = f64::NAN), "--probe-lr"),
         (
             with(&|c| c.probe_weight_decay = -1.0),
-            "--probe-weight-decay must be finite and ≥ 0",
+            "--probe-weight-decay must be finite and >= 0",
         ),
         (with(&|c| c.batch_size = 900), "--batch-size 900 exceeds"),
         (
